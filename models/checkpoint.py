@@ -1,0 +1,78 @@
+"""Load zoo weights from a local file: a plain state dict, the released training script's format, or ours."""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Union
+
+import torch
+from torch import nn
+
+# Where a model's state dict sits inside a checkpoint, in the order we look: the released script's
+# `{"state_dict": {"module.xxx": ...}}`, this project's training checkpoints, then a plain state dict.
+_CONTAINER_KEYS = ("state_dict", "model")
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint's keys or shapes do not fit the model."""
+
+
+def extract_state_dict(obj: object, path: Union[str, os.PathLike] = "<checkpoint>") -> dict[str, torch.Tensor]:
+    """The model state dict inside a loaded checkpoint, with DDP's `module.` prefix removed."""
+    if not isinstance(obj, Mapping):
+        raise CheckpointMismatchError(f"{path} does not hold a state dict (found {type(obj).__name__})")
+    for key in _CONTAINER_KEYS:
+        if key in obj and isinstance(obj[key], Mapping):
+            obj = obj[key]
+            break
+    state = {}
+    for k, v in obj.items():
+        if not isinstance(v, torch.Tensor):
+            raise CheckpointMismatchError(f"{path}: entry {k!r} is not a tensor; is this a model checkpoint?")
+        state[k[len("module."):] if k.startswith("module.") else k] = v
+    return state
+
+
+def read_state_dict(path: Union[str, os.PathLike]) -> dict[str, torch.Tensor]:
+    """Read a checkpoint file safely (weights_only) and return its model state dict."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a pickle with arbitrary objects, or a truncated file
+        raise CheckpointMismatchError(f"cannot read checkpoint {path}: {e}") from e
+    return extract_state_dict(obj, path)
+
+
+def load_state_dict_checked(
+    model: nn.Module, state: Mapping[str, torch.Tensor], strict: bool = True, source: str = "<checkpoint>"
+) -> tuple[list[str], list[str]]:
+    """`model.load_state_dict` with errors that list the missing, unexpected and mis-shaped keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mis_shaped = [
+        f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own if k in state and state[k].shape != own[k].shape
+    ]
+    if mis_shaped or (strict and (missing or unexpected)):
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {', '.join(missing[:20])}" + (" ..." if len(missing) > 20 else ""))
+        if unexpected:
+            parts.append(
+                f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:20])}"
+                + (" ..." if len(unexpected) > 20 else "")
+            )
+        if mis_shaped:
+            parts.append(f"shape mismatches ({len(mis_shaped)}): {'; '.join(mis_shaped[:10])}")
+        raise CheckpointMismatchError(f"{source} does not fit {type(model).__name__}: " + " | ".join(parts))
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    return missing, unexpected
+
+
+def load_checkpoint(
+    model: nn.Module, path: Union[str, os.PathLike], strict: bool = True
+) -> tuple[list[str], list[str]]:
+    """Load a local checkpoint into `model`; returns (missing, unexpected) keys (both empty when strict)."""
+    return load_state_dict_checked(model, read_state_dict(path), strict=strict, source=str(path))

@@ -1,0 +1,140 @@
+"""ResNet18/34/50/101, static or with every conv inside the residual blocks an ODConv (as released).
+
+The stem 7x7 conv, the 1x1 downsample convs and the classifier stay static. Module names match the released
+checkpoints (`conv1`, `bn1`, `layer1.0.conv1`, ..., `fc`).
+"""
+from __future__ import annotations
+
+from typing import Optional, Type, Union
+
+import torch
+from torch import Tensor, nn
+
+from .layers import ConvFactory, init_static_layers, static_conv
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int, downsample: Optional[nn.Module], conv: ConvFactory):
+        super().__init__()
+        self.conv1 = conv(inplanes, planes, 3, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = conv(planes, planes, 3)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int, downsample: Optional[nn.Module], conv: ConvFactory):
+        super().__init__()
+        self.conv1 = conv(inplanes, planes, 1)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = conv(planes, planes, 3, stride)  # stride on the 3x3, as torchvision and the released code
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = conv(planes, planes * self.expansion, 1)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+Block = Type[Union[BasicBlock, Bottleneck]]
+
+# depth -> (block, blocks per stage); one table serves the whole family, as in mmdet's ResNet.
+ARCH_SETTINGS: dict[int, tuple[Block, tuple[int, int, int, int]]] = {
+    18: (BasicBlock, (2, 2, 2, 2)),
+    34: (BasicBlock, (3, 4, 6, 3)),
+    50: (Bottleneck, (3, 4, 6, 3)),
+    101: (Bottleneck, (3, 4, 23, 3)),
+}
+
+
+class ResNet(nn.Module):
+    """ResNet whose block convs come from `conv` (static `nn.Conv2d` or `ODConv2d`)."""
+
+    def __init__(
+        self,
+        depth: int,
+        conv: ConvFactory = static_conv,
+        num_classes: int = 1000,
+        dropout: float = 0.0,
+        in_chans: int = 3,
+    ) -> None:
+        super().__init__()
+        if depth not in ARCH_SETTINGS:
+            raise ValueError(f"depth must be one of {sorted(ARCH_SETTINGS)}, got {depth}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        block, layers = ARCH_SETTINGS[depth]
+        self.depth = depth
+        self.num_classes = num_classes
+        self.inplanes = 64
+        self.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.feature_info = []
+        for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers)):
+            stride = 1 if i == 0 else 2
+            setattr(self, f"layer{i + 1}", self._make_layer(block, planes, blocks, stride, conv))
+            self.feature_info.append(dict(num_chs=planes * block.expansion, reduction=4 * 2**i, module=f"layer{i + 1}"))
+        self.num_features = 512 * block.expansion
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(p=dropout)
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        init_static_layers(self)
+        del self.inplanes
+
+    def _make_layer(self, block: Block, planes: int, blocks: int, stride: int, conv: ConvFactory) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(planes * block.expansion),
+            )
+        layers = [block(self.inplanes, planes, stride, downsample, conv)]
+        self.inplanes = planes * block.expansion
+        layers += [block(self.inplanes, planes, 1, None, conv) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward_stages(self, x: Tensor) -> list[Tensor]:
+        """Outputs of layer1..layer4 (strides 4, 8, 16, 32): what a feature pyramid takes."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        outs = []
+        for i in range(4):
+            x = getattr(self, f"layer{i + 1}")(x)
+            outs.append(x)
+        return outs
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.forward_stages(x)[-1]
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = self.dropout(torch.flatten(self.avgpool(x), 1))
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()

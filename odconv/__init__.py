@@ -1,0 +1,10 @@
+"""ODConv: omni-dimensional dynamic convolution (Li, Zhou, Yao, ICLR 2022). Depends on torch only."""
+from .attention import Attentions, ODAttention
+from .conv import ODConv2d
+from .convert import convert
+from .functional import odconv2d
+from .temperature import set_temperature, temperature_schedule
+
+__all__ = [
+    "Attentions", "ODAttention", "ODConv2d", "convert", "odconv2d", "set_temperature", "temperature_schedule",
+]

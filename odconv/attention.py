@@ -1,0 +1,86 @@
+"""The attention branch of ODConv: four attentions over one kernel's four dimensions (Li et al., ICLR 2022)."""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class Attentions(NamedTuple):
+    """Per-sample attentions; a head that the layer does not have is None (its attention is 1)."""
+
+    channel: Tensor  # (B, C_in), sigmoid
+    filter: Optional[Tensor]  # (B, C_out), sigmoid; None for depthwise convs
+    spatial: Optional[Tensor]  # (B, kh, kw), sigmoid; None for 1x1 kernels
+    kernel: Optional[Tensor]  # (B, K), softmax over K; None when K == 1
+
+
+class ODAttention(nn.Module):
+    """Squeeze (GAP -> 1x1 conv -> BN -> ReLU), then one 1x1-conv head per attended dimension.
+
+    Module and parameter names follow the released code (`fc`, `bn`, `channel_fc`, `filter_fc`,
+    `spatial_fc`, `kernel_fc`) so released checkpoints load unchanged.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: tuple[int, int],
+        groups: int = 1,
+        reduction: float = 0.0625,
+        kernel_num: int = 4,
+        min_channel: int = 16,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        factory_kwargs = {"device": device, "dtype": dtype}
+        hidden = max(int(in_channels * reduction), min_channel)
+        self.kernel_size = kernel_size
+        self.kernel_num = kernel_num
+        # A buffer, not a Python float: changing it every iteration must not retrigger torch.compile.
+        # Not persistent, so state dicts keep the released keys.
+        self.register_buffer("temperature", torch.tensor(1.0, **factory_kwargs), persistent=False)
+
+        self.fc = nn.Conv2d(in_channels, hidden, 1, bias=False, **factory_kwargs)
+        self.bn = nn.BatchNorm2d(hidden, **factory_kwargs)
+        self.channel_fc = nn.Conv2d(hidden, in_channels, 1, **factory_kwargs)
+        is_depthwise = in_channels == groups and in_channels == out_channels
+        self.filter_fc = None if is_depthwise else nn.Conv2d(hidden, out_channels, 1, **factory_kwargs)
+        kh, kw = kernel_size
+        self.spatial_fc = None if kh * kw == 1 else nn.Conv2d(hidden, kh * kw, 1, **factory_kwargs)
+        self.kernel_fc = None if kernel_num == 1 else nn.Conv2d(hidden, kernel_num, 1, **factory_kwargs)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # As released: He init (fan_out, relu) for every 1x1 conv, zero biases, identity BN, so every
+        # sigmoid starts at 0.5 and the softmax at 1/K.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def update_temperature(self, temperature: float) -> None:
+        self.temperature.fill_(float(temperature))
+
+    def forward(self, x: Tensor) -> Attentions:
+        b = x.shape[0]
+        s = F.relu(self.bn(self.fc(F.adaptive_avg_pool2d(x, 1))))
+        t = self.temperature
+        channel = torch.sigmoid(self.channel_fc(s).view(b, -1) / t)
+        filt = None if self.filter_fc is None else torch.sigmoid(self.filter_fc(s).view(b, -1) / t)
+        spatial = None
+        if self.spatial_fc is not None:
+            spatial = torch.sigmoid(self.spatial_fc(s).view(b, *self.kernel_size) / t)
+        kernel = None if self.kernel_fc is None else torch.softmax(self.kernel_fc(s).view(b, -1) / t, dim=1)
+        return Attentions(channel, filt, spatial, kernel)
+
+    def extra_repr(self) -> str:
+        return f"hidden={self.fc.out_channels}"

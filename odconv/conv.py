@@ -1,0 +1,136 @@
+"""`ODConv2d`: omni-dimensional dynamic convolution, a drop-in replacement for `nn.Conv2d`.
+
+Li, Zhou, Yao. "Omni-Dimensional Dynamic Convolution." ICLR 2022. https://openreview.net/forum?id=DmpCfq6Mg39
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
+
+from .attention import ODAttention
+from .functional import odconv2d
+
+_IntOrPair = Union[int, tuple[int, int]]
+
+
+def _resolve_padding(padding, kernel_size, stride, dilation) -> tuple[int, int]:
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0)
+        if padding != "same":
+            raise ValueError(f"Invalid padding string {padding!r}, should be one of ['valid', 'same']")
+        if stride != (1, 1):
+            raise ValueError("padding='same' is not supported for strided convolutions")
+        if any(d * (k - 1) % 2 for d, k in zip(dilation, kernel_size)):
+            raise ValueError("padding='same' needs dilation * (kernel_size - 1) to be even in ODConv2d")
+        return tuple(d * (k - 1) // 2 for d, k in zip(dilation, kernel_size))
+    return _pair(padding)
+
+
+class ODConv2d(nn.Module):
+    """A convolution whose kernel is modulated per sample along space, input channels, output channels and
+    kernel number by attentions computed from the input (no bias by default, as released).
+
+    For sample b: ``y[b] = a_f[b] * conv(x[b] * a_c[b], sum_i a_k[b, i] * a_s[b] * W_i)``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: _IntOrPair,
+        stride: _IntOrPair = 1,
+        padding: Union[_IntOrPair, str] = 0,
+        dilation: _IntOrPair = 1,
+        groups: int = 1,
+        reduction: float = 0.0625,
+        kernel_num: int = 4,
+        min_channel: int = 16,
+        bias: bool = False,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        if in_channels <= 0 or out_channels <= 0:
+            raise ValueError(f"in_channels and out_channels must be positive, got {in_channels} and {out_channels}")
+        if groups <= 0:
+            raise ValueError(f"groups must be a positive integer, got {groups}")
+        if in_channels % groups != 0:
+            raise ValueError(f"in_channels must be divisible by groups, got {in_channels} and groups={groups}")
+        if out_channels % groups != 0:
+            raise ValueError(f"out_channels must be divisible by groups, got {out_channels} and groups={groups}")
+        if kernel_num < 1:
+            raise ValueError(f"kernel_num must be at least 1, got {kernel_num}")
+        if not reduction > 0:
+            raise ValueError(f"reduction must be positive, got {reduction}")
+        if min_channel < 1:
+            raise ValueError(f"min_channel must be at least 1, got {min_channel}")
+        factory_kwargs = {"device": device, "dtype": dtype}
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = _pair(kernel_size)
+        self.stride = _pair(stride)
+        self.dilation = _pair(dilation)
+        if min(self.kernel_size) < 1 or min(self.stride) < 1 or min(self.dilation) < 1:
+            raise ValueError("kernel_size, stride and dilation must be positive")
+        self.padding = _resolve_padding(padding, self.kernel_size, self.stride, self.dilation)
+        self.groups = groups
+        self.reduction = reduction
+        self.kernel_num = kernel_num
+        self.min_channel = min_channel
+        self.attention = ODAttention(
+            in_channels, out_channels, self.kernel_size, groups, reduction, kernel_num, min_channel, **factory_kwargs
+        )
+        self.weight = nn.Parameter(
+            torch.empty(kernel_num, out_channels, in_channels // groups, *self.kernel_size, **factory_kwargs)
+        )
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory_kwargs)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # As released: each of the K kernels gets its own He init (fan_out, relu), as a static conv would.
+        for i in range(self.kernel_num):
+            nn.init.kaiming_normal_(self.weight[i], mode="fan_out", nonlinearity="relu")
+        if self.bias is not None:
+            fan_in = self.weight[0][0].numel()
+            bound = 1 / math.sqrt(fan_in)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    @property
+    def temperature(self) -> float:
+        return float(self.attention.temperature)
+
+    def update_temperature(self, temperature: float) -> None:
+        """Softmax/sigmoid temperature of every attention (released name); annealed 30 -> 1 early in training."""
+        self.attention.update_temperature(temperature)
+
+    def _conv_forward(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+        att = self.attention(x)
+        return odconv2d(
+            x, weight, att.channel, att.filter, att.spatial, att.kernel,
+            self.stride, self.padding, self.dilation, self.groups, bias,
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != (0, 0):
+            s += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        s += f", kernel_num={self.kernel_num}"
+        if self.reduction != 0.0625:
+            s += f", reduction={self.reduction}"
+        if self.min_channel != 16:
+            s += f", min_channel={self.min_channel}"
+        if self.bias is not None:
+            s += ", bias=True"
+        return s

@@ -1,0 +1,62 @@
+"""Turn the `nn.Conv2d` layers of any CNN into `ODConv2d` by a simple, explicit policy."""
+from __future__ import annotations
+
+import fnmatch
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from .conv import ODConv2d
+
+# Shortcut (projection) convs stay static in the paper's networks; these are the names torchvision and timm use.
+DEFAULT_EXCLUDE = ("*downsample*", "*shortcut*")
+
+
+def _convertible(name: str, conv: nn.Conv2d, exclude: Iterable[str]) -> bool:
+    if any(fnmatch.fnmatchcase(name, pat) for pat in exclude):
+        return False
+    # Circular/reflect padding and transposed convs are not what ODConv computes.
+    return conv.padding_mode == "zeros" and type(conv) is nn.Conv2d
+
+
+def convert(
+    model: nn.Module,
+    kernel_num: int = 1,
+    reduction: float = 0.0625,
+    exclude: Iterable[str] = (),
+    keep_stem: bool = True,
+    keep_shortcuts: bool = True,
+    init_from_weight: bool = False,
+    min_channel: int = 16,
+) -> nn.Module:
+    """Replace `nn.Conv2d` layers of `model` in place by `ODConv2d` and return the model.
+
+    Kept static: the first conv in module order (the stem, when `keep_stem`), shortcut convs whose names match
+    `*downsample*` or `*shortcut*` (when `keep_shortcuts`) and every conv whose qualified name matches a
+    pattern of `exclude` (fnmatch, e.g. ``"layer4.*"``). With `init_from_weight`, each of the `kernel_num`
+    kernels starts as a copy of the conv's existing (for instance pretrained) weight; its bias is kept.
+    """
+    patterns = list(exclude) + (list(DEFAULT_EXCLUDE) if keep_shortcuts else [])
+    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    if keep_stem and convs:
+        convs = convs[1:]
+    for name, conv in convs:
+        if not _convertible(name, conv, patterns):
+            continue
+        padding = conv.padding if isinstance(conv.padding, str) else tuple(conv.padding)
+        od = ODConv2d(
+            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, padding, conv.dilation,
+            conv.groups, reduction=reduction, kernel_num=kernel_num, min_channel=min_channel,
+            bias=conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype,
+        )
+        if init_from_weight:
+            with torch.no_grad():
+                od.weight.copy_(conv.weight.unsqueeze(0).expand_as(od.weight))
+                if conv.bias is not None:
+                    od.bias.copy_(conv.bias)
+        od.train(conv.training)
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, od)
+    return model
