@@ -1,0 +1,181 @@
+"""Data pipeline: demo digits, ImageNet folder errors, corrupt images, transforms, mixup, WebDataset shards."""
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+from torchvision import transforms as T
+
+from train import demo_data
+from train.data import (DatasetRootError, ImageFolderDataset, build_criterion, build_datasets, build_mixup,
+                        build_transforms, collate_skip_none, skipped_images)
+from train.image_io import CorruptImageError
+from train.wds_data import write_wds_shards
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory):
+    return demo_data.prepare_demo_dataset(tmp_path_factory.mktemp("cache") / "digits")
+
+
+@pytest.fixture
+def small_folder(demo_root, tmp_path):
+    """3 classes x 4 images per split, copied from the digits, plus one corrupt and one truncated file in train and
+    one corrupt file in val."""
+    root = tmp_path / "imagenet"
+    for split in ("train", "val"):
+        for cls in ("0", "1", "2"):
+            (root / split / cls).mkdir(parents=True)
+            for src in sorted((demo_root / split / cls).glob("*.png"))[:4]:
+                shutil.copy(src, root / split / cls / src.name)
+    (root / "train" / "1" / "zz_corrupt.png").write_bytes(b"this is not an image")
+    good = (root / "train" / "2" / sorted(p.name for p in (root / "train" / "2").iterdir())[0]).read_bytes()
+    (root / "train" / "2" / "zz_truncated.png").write_bytes(good[: len(good) // 2])
+    (root / "val" / "0" / "zz_corrupt.JPEG").write_bytes(b"\xff\xd8\xff garbage")
+    return root
+
+
+def test_demo_dataset_layout_split_and_idempotence(demo_root):
+    counts = {split: Counter(p.parent.name for p in (demo_root / split).rglob("*.png")) for split in ("train", "val")}
+    assert sum(counts["train"].values()) == 1437 and sum(counts["val"].values()) == 360
+    assert sorted(counts["train"]) == [str(d) for d in range(10)]
+    assert all(34 <= n <= 37 for n in counts["val"].values())  # stratified: ~20% of each ~180-image class
+    marker = demo_root / demo_data.MARKER
+    before = marker.stat().st_mtime_ns
+    assert demo_data.prepare_demo_dataset(demo_root) == demo_root
+    assert marker.stat().st_mtime_ns == before  # second call writes nothing
+    ds = ImageFolderDataset(demo_root, "train")
+    from PIL import Image
+    with Image.open(ds.path(0)) as im:
+        assert im.size == (demo_data.DEMO_IMG_SIZE, demo_data.DEMO_IMG_SIZE) and im.mode == "RGB"
+
+
+def test_demo_dataset_crash_leaves_nothing_and_default_root_uses_cache_env(tmp_path, monkeypatch):
+    def crash(out):
+        (out / "train" / "0").mkdir(parents=True)
+        (out / "train" / "0" / "0000.png").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo_data, "_write_split_folders", crash)
+    with pytest.raises(KeyboardInterrupt):
+        demo_data.prepare_demo_dataset(tmp_path / "digits")
+    assert list(tmp_path.iterdir()) == []  # neither a half dataset nor a temporary folder
+    monkeypatch.setenv("ODCONV_CACHE", str(tmp_path / "cache"))
+    assert demo_data.default_demo_root() == tmp_path / "cache" / "digits"
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "x.txt").write_text("user data")
+    with pytest.raises(FileExistsError, match="foreign"):
+        demo_data.prepare_demo_dataset(tmp_path / "foreign")
+
+
+def test_missing_or_empty_root_names_path_and_setting(tmp_path, monkeypatch):
+    monkeypatch.delenv("IMAGENET_ROOT", raising=False)
+    with pytest.raises(DatasetRootError, match=r"data\.root.*IMAGENET_ROOT"):
+        build_datasets("", "folder")
+    missing = tmp_path / "nowhere"
+    with pytest.raises(DatasetRootError, match=f"{missing} does not exist.*data.root"):
+        build_datasets(missing, "folder")
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    with pytest.raises(DatasetRootError, match=r"No images found under .*empty/train.*data\.root"):
+        build_datasets(tmp_path / "empty", "folder")
+    monkeypatch.setenv("IMAGENET_ROOT", str(missing))
+    with pytest.raises(DatasetRootError, match=str(missing)):  # empty argument falls back to the env var
+        build_datasets(None, "folder")
+    with pytest.raises(ValueError, match="data format must be one of"):
+        build_datasets(tmp_path, "lmdb")
+
+
+def test_folder_dataset_order_classes_and_demo_format(small_folder, demo_root):
+    train, val, num_classes = build_datasets(small_folder, "folder")
+    assert num_classes == 3 and train.classes == ["0", "1", "2"]
+    assert len(train) == 14 and len(val) == 13
+    assert [train.path(i).name for i in range(len(train))] == \
+        [ImageFolderDataset(small_folder, "train").path(i).name for i in range(len(train))]
+    demo = build_datasets(demo_root, "demo", train_transform=build_transforms(32)[0])
+    x, y = demo.train[100]
+    assert x.shape == (3, 32, 32) and demo.num_classes == 10 and y == int(demo.train.targets[100])
+
+
+def test_corrupt_images_are_skipped_and_counted_through_workers(small_folder):
+    tf_train, tf_eval = build_transforms(32)
+    train, val, _ = build_datasets(small_folder, "folder", train_transform=tf_train, eval_transform=tf_eval)
+    sizes = [len(y) for _, y in DataLoader(train, batch_size=7, num_workers=2)]
+    assert sizes == [7, 7]  # substitution keeps training batches whole
+    assert skipped_images(train) == 2  # counted in the workers, read in the main process
+    corrupt = [i for i in range(len(train)) if train.path(i).name.startswith("zz_")]
+    substitute = train[corrupt[0]][1]
+    assert substitute == int(train.targets[(corrupt[0] + 1) % len(train)])  # deterministic: the next index
+    seen = [y for batch in DataLoader(val, batch_size=5, num_workers=2, collate_fn=collate_skip_none)
+            for y in batch[1].tolist()]
+    assert len(seen) == 12 and Counter(seen) == Counter({0: 4, 1: 4, 2: 4})  # each readable image exactly once
+    assert skipped_images(val) == 1
+    assert collate_skip_none([None, None]) is None
+
+
+def test_strict_mode_names_the_file(small_folder):
+    train, _, _ = build_datasets(small_folder, "folder", strict=True, train_transform=build_transforms(32)[0])
+    batches = iter(DataLoader(train, batch_size=7, num_workers=2))
+    with pytest.raises(CorruptImageError, match=r"zz_corrupt\.png.*data\.strict=false"):
+        for _ in batches:  # raised in a worker, re-raised here with the file's name
+            pass
+    batches._shutdown_workers()  # the traceback keeps the iterator alive; stop its workers now, not at collection
+
+
+def test_transforms_default_to_paper_recipe_and_options_switch_on():
+    train, evaluate = build_transforms(224)
+    names = [type(t).__name__ for t in train.transforms]
+    assert names[:2] == ["RandomResizedCropAndInterpolation", "RandomHorizontalFlip"]
+    assert train.transforms[0].scale == (0.08, 1.0) and train.transforms[1].p == 0.5
+    assert not any("Jitter" in n or "Erasing" in n or "Augment" in n for n in names)
+    resize, crop = evaluate.transforms[:2]
+    assert isinstance(resize, T.Resize) and resize.size == 256 and crop.size == (224, 224)
+    from PIL import Image
+    img = Image.new("RGB", (300, 200), (120, 30, 200))
+    assert train(img).shape == evaluate(img).shape == (3, 224, 224)
+    aug, _ = build_transforms(224, auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25)
+    aug_names = [type(t).__name__ for t in aug.transforms]
+    assert "RandAugment" in aug_names and "RandomErasing" in aug_names
+    with pytest.raises(ValueError, match="crop_pct"):
+        build_transforms(224, crop_pct=1.5)
+    with pytest.raises(ValueError, match="interpolation"):
+        build_transforms(224, interpolation="cubic-ish")
+
+
+def test_mixup_off_by_default_and_soft_targets_when_on():
+    assert build_mixup(10) is None
+    assert isinstance(build_criterion(), torch.nn.CrossEntropyLoss)
+    mixup = build_mixup(10, mixup_alpha=0.2, cutmix_alpha=1.0, label_smoothing=0.1)
+    x, y = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])
+    x_mixed, soft = mixup(x, y)
+    assert soft.shape == (4, 10) and torch.allclose(soft.sum(1), torch.ones(4))
+    loss = build_criterion(mixup=True)(torch.randn(4, 10), soft)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        build_criterion(label_smoothing=1.5)
+
+
+def test_webdataset_shards_split_count_and_epoch_order(small_folder, tmp_path):
+    shards = write_wds_shards(small_folder, tmp_path / "shards", shard_size=4)
+    tf_train, tf_eval = build_transforms(32)
+    train, val, num_classes = build_datasets(shards, "wds", train_transform=tf_train, eval_transform=tf_eval, seed=3)
+    assert num_classes == 3 and len(train) == 14 and len(val) == 13
+    labels = [y for _, y in DataLoader(train, batch_size=4, num_workers=2) for y in y.tolist()]
+    assert len(labels) == 14 and skipped_images(train) >= 1  # 2 workers x 7 samples; corrupt ones skipped
+    val_labels = [y for _, y in DataLoader(val, batch_size=4, num_workers=2) for y in y.tolist()]
+    assert Counter(val_labels) == Counter({0: 4, 1: 4, 2: 4})  # each readable image once, the corrupt one skipped
+
+    def order(ds, epoch):
+        ds.set_epoch(epoch)
+        return [y for _, y in ds]
+
+    bare = build_datasets(shards, "wds", seed=3).train
+    bare.transform = None
+    assert order(bare, 0) == order(bare, 0) and order(bare, 0) != order(bare, 1)
+    from train.wds_data import WdsImageDataset  # two ranks of a DDP job split validation shards without overlap
+    per_rank = [[y for _, y in WdsImageDataset(val.shards, 13, None, training=False, rank=r, world_size=2)]
+                for r in (0, 1)]
+    assert Counter(per_rank[0] + per_rank[1]) == Counter(val_labels) and all(per_rank)
+    with pytest.raises(CorruptImageError, match=r"val-000001\.tar:00000004"):
+        list(build_datasets(shards, "wds", strict=True).val)
