@@ -69,7 +69,7 @@ class ImageFolderDataset(Dataset):
 
     def __init__(self, root: str | Path, split: str, transform: Callable | None = None, *,
                  class_to_idx: dict[str, int] | None = None, strict: bool = False, on_error: str = "substitute",
-                 max_consecutive_errors: int = 50):
+                 max_consecutive_errors: int = 50, root_env: str = ROOT_ENV):
         if on_error not in ("substitute", "drop"):
             raise ValueError(f"on_error must be 'substitute' or 'drop', got {on_error!r}")
         self.root = Path(root) / split
@@ -82,7 +82,7 @@ class ImageFolderDataset(Dataset):
         if not files:
             raise DatasetRootError(
                 f"No images found under {self.root}: expected {self.root}/CLASS/*.JPEG; set data.root "
-                f"(or the {ROOT_ENV} environment variable) to an ImageNet-style folder.")
+                f"(or the {root_env} environment variable) to an ImageNet-style folder.")
         if class_to_idx is None:
             class_to_idx = {name: i for i, name in enumerate(sorted(set(class_names)))}
         unknown = sorted(set(class_names) - set(class_to_idx))
@@ -137,11 +137,11 @@ def _scan_folder(split_root: Path) -> tuple[list[str], list[str]]:
 def build_datasets(root: str | Path | None, fmt: str = "folder", *, train_split: str = "train",
                    val_split: str = "val", train_transform: Callable | None = None,
                    eval_transform: Callable | None = None, strict: bool = False, num_classes: int | None = None,
-                   seed: int = 0, shuffle_buffer: int = 2000) -> Datasets:
+                   seed: int = 0, shuffle_buffer: int = 2000, root_env: str = ROOT_ENV) -> Datasets:
     """Training and validation datasets plus the number of classes.
 
-    fmt "folder": ImageNet layout under root (or $IMAGENET_ROOT); "demo": the digits, written on first use under
-    root (or the cache directory); "wds": tar shards under root (see `train.wds_data`). `seed` and `shuffle_buffer`
+    fmt "folder": ImageNet layout under root (or the environment variable `root_env`); "demo": the digits, written
+    on first use under root (or the cache directory); "wds": tar shards under root (see `train.wds_data`). `seed` and `shuffle_buffer`
     apply to wds only (map-style order belongs to the engine's sampler). `num_classes` overrides the count found.
     """
     if fmt not in FORMATS:
@@ -149,7 +149,7 @@ def build_datasets(root: str | Path | None, fmt: str = "folder", *, train_split:
     if fmt == "wds":
         from train.wds_data import build_wds_datasets
 
-        return Datasets(*build_wds_datasets(resolve_root(root), train_split, val_split, train_transform,
+        return Datasets(*build_wds_datasets(resolve_root(root, root_env), train_split, val_split, train_transform,
                                             eval_transform, strict=strict, num_classes=num_classes, seed=seed,
                                             shuffle_buffer=shuffle_buffer))
     if fmt == "demo":
@@ -157,10 +157,11 @@ def build_datasets(root: str | Path | None, fmt: str = "folder", *, train_split:
 
         path = prepare_demo_dataset(root or None)
     else:
-        path = resolve_root(root)
-    train = ImageFolderDataset(path, train_split, train_transform, strict=strict, on_error="substitute")
+        path = resolve_root(root, root_env)
+    train = ImageFolderDataset(path, train_split, train_transform, strict=strict, on_error="substitute",
+                               root_env=root_env)
     val = ImageFolderDataset(path, val_split, eval_transform, class_to_idx=train.class_to_idx, strict=strict,
-                             on_error="drop")
+                             on_error="drop", root_env=root_env)
     found = len(train.class_to_idx)
     if num_classes is not None and num_classes < found:
         raise ValueError(f"data.num_classes={num_classes} but {path / train_split} holds {found} class folders")
