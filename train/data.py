@@ -141,8 +141,9 @@ def build_datasets(root: str | Path | None, fmt: str = "folder", *, train_split:
     """Training and validation datasets plus the number of classes.
 
     fmt "folder": ImageNet layout under root (or the environment variable `root_env`); "demo": the digits, written
-    on first use under root (or the cache directory); "wds": tar shards under root (see `train.wds_data`). `seed` and `shuffle_buffer`
-    apply to wds only (map-style order belongs to the engine's sampler). `num_classes` overrides the count found.
+    on first use under root (or the cache directory); "wds": tar shards under root (see `train.wds_data`). `seed`
+    and `shuffle_buffer` apply to wds only (map-style order belongs to the engine's sampler). `num_classes`
+    overrides the count found.
     """
     if fmt not in FORMATS:
         raise ValueError(f"data format must be one of {FORMATS}, got {fmt!r}")
