@@ -1,0 +1,12 @@
+# Demo-sized twin of ../faster-rcnn_mobilenetv2-100_fpn_1x_coco.py for the digits demo set: static MobileNetV2 (0.5x) backbone,
+# trained from random init (no ImageNet weights here, so BN statistics train too), thin FPN and heads, 10 classes.
+_base_ = ['../models/faster-rcnn_mobilenetv2-100_fpn.py', './_base_/demo_detection.py']
+
+model = dict(
+    backbone=dict(widen_factor=0.5, frozen_stages=-1, norm_eval=False, init_cfg=None),
+    neck=dict(in_channels=[16, 16, 48, 1280], out_channels=64),
+    rpn_head=dict(in_channels=64, feat_channels=64, anchor_generator=dict(scales=[4])),  # digits are 20-45 px
+    roi_head=dict(
+        bbox_roi_extractor=dict(out_channels=64),
+        bbox_head=dict(in_channels=64, fc_out_channels=256, num_classes=10),
+    ))

@@ -1,0 +1,173 @@
+"""The zoo's ResNet and MobileNetV2 (ODConv and static) as mmdet backbones, registered in mmdet's `MODELS`.
+
+The networks are the `models/` modules built through timm with the classifier removed; this file only adds what
+an mmdet backbone needs: `out_indices`, `frozen_stages`, `norm_eval` and `init_cfg=dict(type='Pretrained', ...)`.
+
+`norm_eval` puts every BatchNorm in eval mode, *including the BN inside each ODConv attention branch*
+(`*.attention.bn`). Decided on purpose: that BN normalises one pooled vector per image, so with the 1-2 images per
+GPU of detection training its batch statistics are nearly degenerate (with one image per GPU the forward fails),
+and the ImageNet running statistics are the ones the attention heads were trained with. The released detectors do
+the same. Its affine weights still train, as for every other BN under `norm_eval`.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import timm
+from mmdet.registry import MODELS
+from mmengine.model import BaseModule
+from torch import Tensor, nn
+
+import models
+from odconv import set_temperature
+
+_MOBILENET_WIDTHS = {0.5: "mobilenetv2_050", 0.75: "mobilenetv2_075", 1.0: "mobilenetv2_100"}
+_RESNET_DEPTHS = (18, 34, 50, 101)
+
+
+class ZooBackbone(BaseModule):
+    """A zoo network (`body`) returning the stage outputs picked by `out_indices` (0..3, strides 4, 8, 16, 32)."""
+
+    def __init__(
+        self,
+        model_name: str,
+        out_indices: Sequence[int] = (0, 1, 2, 3),
+        frozen_stages: int = -1,
+        norm_eval: bool = True,
+        init_cfg: Optional[dict] = None,
+        **model_kwargs,
+    ) -> None:
+        out_indices = tuple(out_indices)
+        if not out_indices or any(i not in (0, 1, 2, 3) for i in out_indices) or len(set(out_indices)) != len(out_indices):
+            raise ValueError(f"out_indices must be distinct values among 0, 1, 2, 3, got {out_indices}")
+        if frozen_stages not in (-1, 0, 1, 2, 3, 4):
+            raise ValueError(f"frozen_stages must be -1 (none), 0 (stem) or 1..4, got {frozen_stages}")
+        if init_cfg is not None and init_cfg.get("type") == "Pretrained" and not init_cfg.get("checkpoint"):
+            raise ValueError("init_cfg=dict(type='Pretrained') needs checkpoint=<path to a classification checkpoint>")
+        # mmengine would handle a Pretrained init_cfg with its own non-strict loader; we load it ourselves.
+        super().__init__(init_cfg=init_cfg)
+        self.body = timm.create_model(model_name, num_classes=0, **model_kwargs)
+        # The pretrained backbone is fine-tuned at temperature 1 (the end of the ImageNet annealing).
+        set_temperature(self.body, 1.0)
+        self.model_name = model_name
+        self.out_indices = tuple(sorted(out_indices))
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.out_channels = [self.body.feature_info[i]["num_chs"] for i in self.out_indices]
+        self._freeze_stages()
+
+    def stage_modules(self, stage: int) -> list[nn.Module]:
+        """The modules of stage 0 (stem) .. 4; defined per family."""
+        raise NotImplementedError
+
+    def _freeze_stages(self) -> None:
+        for stage in range(self.frozen_stages + 1):
+            for m in self.stage_modules(stage):
+                m.eval()
+                for p in m.parameters():
+                    p.requires_grad = False
+
+    def train(self, mode: bool = True) -> "ZooBackbone":
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def init_weights(self) -> None:
+        cfg = self.init_cfg
+        if cfg is not None and cfg.get("type") == "Pretrained":
+            self.load_classification_checkpoint(cfg["checkpoint"])
+            self._is_init = True
+        else:
+            super().init_weights()
+        set_temperature(self.body, 1.0)
+
+    def load_classification_checkpoint(self, path: str) -> None:
+        """Load an ImageNet checkpoint of the same zoo model (ours or released), ignoring its classifier.
+
+        Any other key that does not fit raises `models.CheckpointMismatchError` listing missing/unexpected keys.
+        """
+        state = models.read_state_dict(path)
+        head = self.body.pretrained_cfg["classifier"] + "."
+        state = {k: v for k, v in state.items() if not k.startswith(head)}
+        models.load_state_dict_checked(self.body, state, strict=True, source=str(path))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        outs = self.body.forward_stages(x)
+        return tuple(outs[i] for i in self.out_indices)
+
+
+def _od_kwargs(kernel_num: int, reduction: float) -> dict:
+    if kernel_num < 1:
+        raise ValueError(f"kernel_num must be >= 1 for an ODConv backbone, got {kernel_num}; use the Static* backbone")
+    if not 0.0 < reduction <= 1.0:
+        raise ValueError(f"reduction must be in (0, 1], got {reduction}")
+    return dict(kernel_num=kernel_num, reduction=reduction)
+
+
+class _ResNetStages:
+    def stage_modules(self, stage: int) -> list[nn.Module]:
+        body = self.body
+        return [body.conv1, body.bn1] if stage == 0 else [getattr(body, f"layer{stage}")]
+
+
+class _MobileNetV2Stages:
+    def stage_modules(self, stage: int) -> list[nn.Module]:
+        # Stem = features 0-1 (the stride-2 part before the first fed stage), as the released detectors.
+        ends = (1, *self.body.STAGE_ENDS)
+        start = 0 if stage == 0 else ends[stage - 1] + 1
+        return list(self.body.features[start : ends[stage] + 1])
+
+
+def _resnet_name(prefix: str, depth: int) -> str:
+    if depth not in _RESNET_DEPTHS:
+        raise ValueError(f"depth must be one of {_RESNET_DEPTHS}, got {depth}")
+    return f"{prefix}resnet{depth}"
+
+
+def _mobilenet_name(prefix: str, widen_factor: float) -> str:
+    if widen_factor not in _MOBILENET_WIDTHS:
+        raise ValueError(f"widen_factor must be one of {sorted(_MOBILENET_WIDTHS)}, got {widen_factor}")
+    return prefix + _MOBILENET_WIDTHS[widen_factor]
+
+
+@MODELS.register_module(name="OD_ResNet")
+class ODResNet(_ResNetStages, ZooBackbone):
+    """ResNet with ODConv in every residual-block conv; `depth` in 18, 34, 50, 101."""
+
+    def __init__(self, depth: int = 50, kernel_num: int = 4, reduction: float = 0.0625, **kwargs) -> None:
+        super().__init__(_resnet_name("od_", depth), **_od_kwargs(kernel_num, reduction), **kwargs)
+
+
+@MODELS.register_module(name="StaticResNet")
+class StaticResNet(_ResNetStages, ZooBackbone):
+    """The zoo's static ResNet (loads this project's static ImageNet checkpoints)."""
+
+    def __init__(self, depth: int = 50, **kwargs) -> None:
+        super().__init__(_resnet_name("static_", depth), **kwargs)
+
+
+@MODELS.register_module(name="OD_MobileNetV2")
+class ODMobileNetV2(_MobileNetV2Stages, ZooBackbone):
+    """MobileNetV2 with ODConv in every conv but the stem; FPN gets the 24/32/96/1280-channel stages (width 1.0)."""
+
+    def __init__(self, widen_factor: float = 1.0, kernel_num: int = 4, reduction: float = 0.0625, **kwargs) -> None:
+        super().__init__(_mobilenet_name("od_", widen_factor), **_od_kwargs(kernel_num, reduction), **kwargs)
+
+
+@MODELS.register_module(name="StaticMobileNetV2")
+class StaticMobileNetV2(_MobileNetV2Stages, ZooBackbone):
+    """The zoo's static MobileNetV2 (loads this project's static ImageNet checkpoints)."""
+
+    def __init__(self, widen_factor: float = 1.0, **kwargs) -> None:
+        super().__init__(_mobilenet_name("static_", widen_factor), **kwargs)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+__all__ = ["ODMobileNetV2", "ODResNet", "StaticMobileNetV2", "StaticResNet", "ZooBackbone", "count_parameters"]

@@ -1,0 +1,87 @@
+"""Fixes for running mmengine 0.10 / mmcv 2.1 / mmdet 3.3 on current torch, applied on import (never by editing
+site-packages). Everything else in `detection/` imports the registry from here so the fixes are always in place.
+
+- torch >= 2.6 loads checkpoints with `weights_only=True`, and mmengine's own checkpoints carry its
+  `HistoryBuffer` objects and numpy arrays in `message_hub`, so `load_from` / `resume` fail to unpickle.
+  We re-register mmengine's local-file loader to keep `weights_only=True` (no arbitrary code from a checkpoint)
+  while allowing exactly the few classes mmengine itself writes.
+- mmengine finds `mmdet::` base configs through `pkg_resources`, which setuptools >= 81 no longer ships (and torch
+  needs setuptools >= 77): its two package look-ups are replaced with `importlib` equivalents.
+- Under torchrun, mmengine calls `torch.cuda.set_device` before joining the process group, which fails on a
+  CPU-only machine; there the group is joined directly (the launch code picks the gloo backend).
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os.path as osp
+import sys
+
+import mmengine.config.config
+import mmengine.dist.utils
+import mmengine.hub.hub
+import mmengine.utils
+import numpy as np
+import torch
+from mmengine.logging import HistoryBuffer
+from mmengine.runner.checkpoint import CheckpointLoader
+
+_multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+# What mmengine's Runner.save_checkpoint pickles besides tensors (its message hub's smoothed logs and metadata).
+MMENGINE_CHECKPOINT_GLOBALS = [
+    HistoryBuffer,
+    np.ndarray,
+    np.dtype,
+    _multiarray._reconstruct,
+    _multiarray.scalar,
+    *(type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")),
+]
+
+
+def load_from_local(filename: str, map_location=None):
+    """mmengine's local checkpoint loader, weights-only with mmengine's own classes allowed."""
+    filename = osp.expanduser(filename)
+    if not osp.isfile(filename):
+        raise FileNotFoundError(f"checkpoint file not found: {filename}")
+    with torch.serialization.safe_globals(MMENGINE_CHECKPOINT_GLOBALS):
+        return torch.load(filename, map_location=map_location, weights_only=True)
+
+
+CheckpointLoader.register_scheme(prefixes="", loader=load_from_local, force=True)
+
+
+def is_installed(package: str) -> bool:
+    """mmengine's `is_installed` without pkg_resources: an installed distribution or an importable module."""
+    try:
+        importlib.metadata.distribution(package)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        spec = importlib.util.find_spec(package)
+        return spec is not None and spec.origin is not None
+
+
+def get_installed_path(package: str) -> str:
+    """mmengine's `get_installed_path` without pkg_resources (the packages it asks for are their own module)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(f"package {package} is not installed")
+    return osp.dirname(spec.origin)
+
+
+# mmengine's modules bound these names at import time, so each binding is replaced.
+for _name in ("mmengine.utils.package_utils", "mmengine.utils", "mmengine.config.config", "mmengine.hub.hub"):
+    for _fn in (is_installed, get_installed_path):
+        if hasattr(sys.modules[_name], _fn.__name__):
+            setattr(sys.modules[_name], _fn.__name__, _fn)
+
+
+_init_dist_pytorch_with_cuda = mmengine.dist.utils._init_dist_pytorch
+
+
+def _init_dist_pytorch(backend: str, init_backend: str = "torch", **kwargs) -> None:
+    if torch.cuda.is_available() or init_backend != "torch":
+        return _init_dist_pytorch_with_cuda(backend, init_backend=init_backend, **kwargs)
+    torch.distributed.init_process_group(backend=backend, **kwargs)
+
+
+mmengine.dist.utils._init_dist_pytorch = _init_dist_pytorch
