@@ -1,0 +1,119 @@
+"""Model, data loaders and run directory from the validated config: the set-up half of a run."""
+from __future__ import annotations
+
+import datetime
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, IterableDataset
+
+from . import data as data_lib
+from . import distributed
+from .config import ConfigError, TrainConfig
+from .distributed import DistInfo, EvalShardSampler, ResumableSampler, SeededDataset
+
+
+def build_model(c: TrainConfig, num_classes: int) -> nn.Module:
+    import models
+
+    m = c.model
+    kwargs = dict(num_classes=num_classes, drop_rate=m.dropout)
+    if m.name.startswith("od_"):
+        kwargs.update(kernel_num=m.kernel_num, reduction=m.reduction)
+    model = timm.create_model(m.name, **kwargs)
+    if m.init_checkpoint:
+        try:
+            models.load_checkpoint(model, m.init_checkpoint)
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"model.init_checkpoint: {e}") from None
+    return model
+
+
+@dataclass
+class Loaders:
+    train: DataLoader
+    val: DataLoader
+    train_sampler: ResumableSampler | None  # None for streamed (wds) data
+    steps_per_epoch: int  # optimizer steps
+    num_classes: int
+    train_dataset: object
+
+
+def build_loaders(c: TrainConfig, di: DistInfo) -> Loaders:
+    d = c.data
+    tf_train, tf_eval = data_lib.build_transforms(
+        d.img_size, crop_pct=d.crop_pct, mean=tuple(d.mean), std=tuple(d.std), interpolation=d.interpolation,
+        scale=tuple(d.scale), hflip=d.hflip, auto_augment=d.auto_augment, re_prob=d.reprob)
+    if d.format == "demo":
+        root = d.root or (str(Path(c.paths.cache_dir).expanduser() / "digits") if c.paths.cache_dir else None)
+    else:
+        root = d.root or os.environ.get(d.root_env) or None
+    rank0_first = d.format == "demo" and di.world_size > 1  # rank 0 writes the digits once, the others read them
+    if rank0_first and not di.is_main:
+        distributed.barrier()
+    try:
+        ds = data_lib.build_datasets(
+            root, d.format, train_split=d.train_split, val_split=d.val_split, train_transform=tf_train,
+            eval_transform=tf_eval, strict=d.strict, num_classes=d.num_classes, seed=c.trainer.seed,
+            shuffle_buffer=d.shuffle_buffer)
+    except data_lib.DatasetRootError as e:
+        raise ConfigError(str(e)) from None
+    finally:
+        if rank0_first and di.is_main:
+            distributed.barrier()
+
+    local_batch = d.global_batch_size // (di.world_size * c.trainer.accum_steps)
+    micro_global = d.global_batch_size // c.trainer.accum_steps  # images per micro-step over all ranks
+    common = dict(num_workers=d.workers, pin_memory=di.device.type == "cuda", persistent_workers=False,
+                  # A private generator: creating a loader iterator must not draw from the global RNG, whose
+                  # state (dropout) is saved in checkpoints; with it, a resumed run draws what a straight one does.
+                  generator=torch.Generator().manual_seed(c.trainer.seed))
+    if isinstance(ds.train, IterableDataset):
+        train_sampler = None
+        train = DataLoader(ds.train, batch_size=local_batch, drop_last=True, **common)
+        workers = max(1, d.workers)
+        micro_steps = workers * (math.ceil(len(ds.train) / workers) // local_batch)
+    else:
+        try:
+            train_sampler = ResumableSampler(len(ds.train), micro_global, di.rank, di.world_size, c.trainer.seed)
+        except ValueError as e:
+            raise ConfigError(f"data.global_batch_size: {e}") from None
+        train = DataLoader(SeededDataset(ds.train), batch_size=local_batch, sampler=train_sampler, drop_last=True,
+                           **common)
+        micro_steps = train_sampler.batches_per_epoch()
+    steps = micro_steps // c.trainer.accum_steps
+    if c.trainer.limit_train_batches:
+        steps = min(steps, c.trainer.limit_train_batches)
+    if steps == 0:
+        raise ConfigError(f"data.global_batch_size={d.global_batch_size} is larger than the training set")
+    val_sampler = None if isinstance(ds.val, IterableDataset) else EvalShardSampler(len(ds.val), di.rank,
+                                                                                    di.world_size)
+    val = DataLoader(ds.val, batch_size=d.eval_batch_size, sampler=val_sampler,
+                     collate_fn=data_lib.collate_skip_none, **common)
+    return Loaders(train, val, train_sampler, steps, ds.num_classes, ds.train)
+
+
+def resolve_run_dir(c: TrainConfig, di: DistInfo) -> Path:
+    """One directory for all ranks: paths.run_dir when given (resume), the job directory of a Hydra multirun
+    (submitit: the same on every task and after a requeue), otherwise a new timestamped one chosen on rank 0."""
+    if c.paths.run_dir:
+        return Path(c.paths.run_dir).expanduser()
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return Path(HydraConfig.get().runtime.output_dir)
+    name = None
+    if di.is_main:
+        stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+        base = Path(c.paths.runs_root).expanduser() / c.run_name / stamp
+        name, k = base, 1
+        while name.exists():  # two runs started in the same second
+            name, k = base.with_name(f"{stamp}_{k}"), k + 1
+        name = str(name)
+    return Path(distributed.broadcast_object(name))

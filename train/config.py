@@ -1,0 +1,242 @@
+"""Typed schema of the training config: Hydra checks keys and types, `validate` checks values.
+
+The schema is registered in Hydra's ConfigStore as `train_schema`; `configs/train.yaml` lists it first in its
+defaults, so every YAML option and every command-line override is merged into these dataclasses. A key that is
+not declared here (a typo) or a value of the wrong type stops Hydra before any work; `validate` then checks the
+values that a type cannot express (positive lr, known model name, batch divisible by the number of processes).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A mistake in the user's config; the entry point prints its message as one line, without a traceback."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING  # timm name of a zoo model, e.g. od_resnet50 or static_resnet50
+    kernel_num: int = 0  # ODConv kernels per layer; 0 for the static baselines
+    reduction: float = 0.0625  # attention hidden width = max(in_channels * reduction, 16), as released
+    dropout: float = 0.0  # before the classifier
+    temperature_init: float = 30.0  # attention temperature annealed linearly to 1 ...
+    temperature_epochs: float = 10.0  # ... over this many epochs, per iteration (released recipe)
+    init_checkpoint: Optional[str] = None  # weights to start from (released or ours), classifier included
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING  # label written to config.yaml: demo, imagenet, ...
+    format: str = "folder"  # folder (ImageNet layout) | wds (tar shards) | demo (sklearn digits written to disk)
+    root: Optional[str] = None  # dataset root; when unset, read from the environment variable `root_env`
+    root_env: str = "IMAGENET_ROOT"
+    num_classes: Optional[int] = None  # None: the number of class folders (or the shards' _info.json)
+    train_split: str = "train"
+    val_split: str = "val"
+    img_size: int = 224  # RandomResizedCrop size for training, center-crop size for evaluation
+    crop_pct: float = 0.875  # eval: resize to img_size / crop_pct, then center crop (256 -> 224)
+    interpolation: str = "bilinear"
+    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    scale: List[float] = field(default_factory=lambda: [0.08, 1.0])  # RandomResizedCrop area range
+    hflip: float = 0.5
+    # Optional timm augmentations, all off: the paper's recipe is crop + flip only.
+    auto_augment: Optional[str] = None  # e.g. rand-m9-mstd0.5-inc1 (RandAugment)
+    reprob: float = 0.0  # random erasing probability
+    mixup: float = 0.0  # mixup alpha
+    cutmix: float = 0.0  # cutmix alpha
+    label_smoothing: float = 0.0
+    global_batch_size: int = 256  # images per optimizer step over all processes (accumulation included)
+    eval_batch_size: int = 256  # per process
+    workers: int = 8  # loader processes per training process
+    strict: bool = False  # False: unreadable images are skipped and counted; True: the first one stops the run
+    shuffle_buffer: int = 2000  # wds only: samples in the shuffle buffer of each loader worker
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adamw
+    lr: float = 0.1  # at `lr_reference_batch`; scaled linearly to data.global_batch_size
+    lr_reference_batch: int = 256
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    wd_exclude_norm_bias: bool = False  # released recipe decays every parameter
+    clip_grad_norm: Optional[float] = None  # max global L2 norm; None = no clipping
+
+
+@dataclass
+class SchedConfig:
+    name: str = "multistep"  # multistep | cosine | constant
+    milestones: List[int] = field(default_factory=lambda: [30, 60, 90])  # epochs where lr *= decay_rate
+    decay_rate: float = 0.1
+    per_iteration: bool = False  # update the lr every optimizer step instead of every epoch
+    min_lr: float = 0.0
+    warmup_epochs: int = 0
+    warmup_lr: float = 0.0
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 100
+    accum_steps: int = 1  # micro-batches per optimizer step
+    device: str = "auto"  # auto | cpu | cuda
+    amp: str = "none"  # none | bf16 | fp16 (fp16 uses a GradScaler and skips non-finite steps)
+    channels_last: bool = False
+    compile: bool = False
+    sync_bn: bool = False
+    ema: bool = False
+    ema_decay: float = 0.9998
+    seed: int = 0
+    deterministic: bool = False  # torch.use_deterministic_algorithms; needed for bit-exact resume on GPU
+    eval_every: int = 1  # epochs
+    log_every: int = 50  # optimizer steps
+    keep_last: int = 3  # epoch checkpoints kept besides last.pt and best.pt
+    save_every_steps: int = 0  # also write last.pt every N steps inside an epoch (0 = only at epoch end)
+    limit_train_batches: Optional[int] = None  # optimizer steps per epoch, for smoke tests
+    limit_val_batches: Optional[int] = None
+    stop_after_steps: Optional[int] = None  # debug: behave as if preempted after this many steps (save, exit)
+    progress: bool = True  # rank-0 progress line
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "disabled"  # online | offline | disabled
+    project: str = "odconv"
+    entity: Optional[str] = None
+    name: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class LoggerConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
+class PathsConfig:
+    runs_root: str = "runs"  # new runs go to runs_root/<run_name>/<timestamp>
+    run_dir: Optional[str] = None  # set it to resume a run (auto-resume from its checkpoints/last.pt)
+    cache_dir: Optional[str] = None  # demo dataset cache; default $ODCONV_CACHE or ~/.cache/odconv
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    run_name: str = "run"
+    mode: str = "train"  # train | eval
+    checkpoint: Optional[str] = None  # eval mode: the checkpoint to evaluate
+
+
+def register() -> None:
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+def _choice(key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key} must be one of {sorted(allowed)}, got {value!r}")
+
+
+def _positive(key: str, value, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def validate(cfg: DictConfig | TrainConfig, world_size: int = 1) -> TrainConfig:
+    """Check the values a type cannot express and return the plain dataclass the rest of the code uses."""
+    c: TrainConfig = OmegaConf.to_object(cfg) if isinstance(cfg, DictConfig) else cfg
+    _choice("mode", c.mode, {"train", "eval"})
+    if c.mode == "eval" and not c.checkpoint:
+        raise ConfigError("mode=eval needs checkpoint=PATH")
+    m, d, o, s, t = c.model, c.data, c.optim, c.sched, c.trainer
+    _known_model(m.name)
+    _positive("model.kernel_num", m.kernel_num, allow_zero=True)
+    if m.name.startswith("od_") and m.kernel_num == 0:
+        raise ConfigError(f"model.kernel_num must be >= 1 for the ODConv model {m.name}")
+    if m.name.startswith("static_") and m.kernel_num != 0:
+        raise ConfigError(f"model.kernel_num must be 0 for the static model {m.name}, got {m.kernel_num}")
+    _positive("model.reduction", m.reduction)
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
+    if m.temperature_init < 1.0:
+        raise ConfigError(f"model.temperature_init must be >= 1, got {m.temperature_init}")
+    _positive("model.temperature_epochs", m.temperature_epochs, allow_zero=True)
+
+    _choice("data.format", d.format, {"folder", "wds", "demo"})
+    if d.num_classes is not None:
+        _positive("data.num_classes", d.num_classes)
+    _choice("data.interpolation", d.interpolation, {"bilinear", "bicubic", "nearest", "lanczos", "random"})
+    _positive("data.img_size", d.img_size)
+    if not 0.0 < d.crop_pct <= 1.0:
+        raise ConfigError(f"data.crop_pct must be in (0, 1], got {d.crop_pct}")
+    for key in ("hflip", "reprob"):
+        if not 0.0 <= getattr(d, key) <= 1.0:
+            raise ConfigError(f"data.{key} must be in [0, 1], got {getattr(d, key)}")
+    for key in ("mixup", "cutmix", "label_smoothing"):
+        _positive(f"data.{key}", getattr(d, key), allow_zero=True)
+    _positive("data.global_batch_size", d.global_batch_size)
+    _positive("data.eval_batch_size", d.eval_batch_size)
+    _positive("data.workers", d.workers, allow_zero=True)
+    per_step = world_size * t.accum_steps
+    if d.global_batch_size % per_step:
+        raise ConfigError(
+            f"data.global_batch_size={d.global_batch_size} must be divisible by processes x trainer.accum_steps "
+            f"= {world_size} x {t.accum_steps}"
+        )
+
+    _choice("optim.name", o.name, {"sgd", "adamw"})
+    _positive("optim.lr", o.lr)
+    _positive("optim.lr_reference_batch", o.lr_reference_batch)
+    _positive("optim.momentum", o.momentum, allow_zero=True)
+    _positive("optim.weight_decay", o.weight_decay, allow_zero=True)
+    if o.clip_grad_norm is not None:
+        _positive("optim.clip_grad_norm", o.clip_grad_norm)
+
+    _choice("sched.name", s.name, {"multistep", "cosine", "constant"})
+    if any(b <= a for a, b in zip(s.milestones, s.milestones[1:])) or any(e <= 0 for e in s.milestones):
+        raise ConfigError(f"sched.milestones must be positive and increasing, got {s.milestones}")
+    _positive("sched.decay_rate", s.decay_rate)
+    _positive("sched.min_lr", s.min_lr, allow_zero=True)
+    _positive("sched.warmup_epochs", s.warmup_epochs, allow_zero=True)
+
+    _positive("trainer.epochs", t.epochs)
+    _positive("trainer.accum_steps", t.accum_steps)
+    _choice("trainer.device", t.device, {"auto", "cpu", "cuda"})
+    _choice("trainer.amp", t.amp, {"none", "bf16", "fp16"})
+    if not 0.0 < t.ema_decay < 1.0:
+        raise ConfigError(f"trainer.ema_decay must be in (0, 1), got {t.ema_decay}")
+    for key in ("eval_every", "log_every"):
+        _positive(f"trainer.{key}", getattr(t, key))
+    for key in ("keep_last", "save_every_steps"):
+        _positive(f"trainer.{key}", getattr(t, key), allow_zero=True)
+    for key in ("limit_train_batches", "limit_val_batches", "stop_after_steps"):
+        if getattr(t, key) is not None:
+            _positive(f"trainer.{key}", getattr(t, key))
+    _choice("logger.wandb.mode", c.logger.wandb.mode, {"online", "offline", "disabled"})
+    return c
+
+
+def _known_model(name: str) -> None:
+    import timm
+
+    import models  # noqa: F401  registers the zoo with timm
+
+    zoo = [n for n in timm.list_models() if n.startswith(("od_", "static_"))]
+    if name not in zoo and name not in timm.list_models():
+        raise ConfigError(f"model.name {name!r} is not a registered model; the zoo has: {', '.join(sorted(zoo))}")
+
+
+def lr_for(c: TrainConfig) -> float:
+    """The released lr is given at batch 256; scale it linearly to the global batch (Goyal et al., 2017)."""
+    return c.optim.lr * c.data.global_batch_size / c.optim.lr_reference_batch

@@ -1,0 +1,382 @@
+"""The training loop: `run(cfg)` sets a run up, then alternates `train_one_epoch` and `evaluate`.
+
+train.py hands the composed Hydra config to `run`; tests call `run` directly. Order of a run: validate the config,
+join the process group, pick the run directory, build data and model, resume from checkpoints/last.pt if the run
+directory has one, train, write summary.json.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from timm.utils import ModelEmaV3
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from odconv import set_temperature, temperature_schedule
+
+from . import checkpoint as ckpt_lib
+from . import data as data_lib
+from . import distributed
+from .builders import Loaders, build_loaders, build_model, resolve_run_dir
+from .config import ConfigError, TrainConfig, validate
+from .distributed import DistInfo
+from .optim import build_optimizer, build_scheduler, set_schedule_position
+from .runlog import RunLogger
+from .signals import StopRequest
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the last checkpoint on disk is the last good state."""
+
+
+@dataclass
+class State:
+    """Where the run is; with the RNG states this is everything besides the tensors that resume needs."""
+    epoch: int = 0  # epoch in progress, 0-based
+    batch: int = 0  # optimizer steps done in that epoch
+    step: int = 0  # optimizer steps done in the run
+    best_top1: float = -1.0
+    best_top5: float = -1.0
+    last_val: dict = field(default_factory=dict)
+    wandb_id: str | None = None
+
+
+@dataclass
+class Ctx:
+    c: TrainConfig
+    di: DistInfo
+    model: nn.Module  # the plain module: what is saved, evaluated and annealed
+    net: nn.Module  # what the training step calls: DDP and/or torch.compile around `model`
+    ema: ModelEmaV3 | None
+    optimizer: torch.optim.Optimizer
+    sched: object
+    scaler: torch.amp.GradScaler
+    criterion: nn.Module
+    mixup: object
+    loaders: Loaders
+    log: RunLogger
+    ckpts: ckpt_lib.CheckpointDir | None
+    stop: StopRequest | None
+
+    def autocast(self):
+        return autocast(self.c, self.di.device)
+
+    def temperature(self, step: int) -> float:
+        m = self.c.model
+        return temperature_schedule(step + 1, self.loaders.steps_per_epoch, m.temperature_init, m.temperature_epochs)
+
+
+def autocast(c: TrainConfig, device: torch.device):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(c.trainer.amp)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def run(cfg) -> dict:
+    """Train (or evaluate, mode=eval) as the config says; returns summary.json's content (eval: the metrics)."""
+    distributed.export_launcher_env()
+    c = validate(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+    di = distributed.init(c.trainer.device)
+    try:
+        _seed_everything(c.trainer.seed, c.trainer.deterministic)
+        return evaluate_checkpoint(c, di) if c.mode == "eval" else _train(c, di)
+    finally:
+        distributed.shutdown()
+
+
+def _seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # the same on every rank: DDP also broadcasts rank 0's weights, this keeps EMA equal
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def _setup_model(c: TrainConfig, di: DistInfo, num_classes: int):
+    model = build_model(c, num_classes)
+    if c.trainer.sync_bn and di.world_size > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(di.device)
+    if c.trainer.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    ema = ModelEmaV3(model, decay=c.trainer.ema_decay) if c.trainer.ema else None
+    return model, ema
+
+
+def _train(c: TrainConfig, di: DistInfo) -> dict:
+    run_dir = resolve_run_dir(c, di)
+    log = RunLogger(run_dir, di.is_main, c.trainer.progress)
+    loaders = build_loaders(c, di)
+    model, ema = _setup_model(c, di, loaders.num_classes)
+    torch.manual_seed(c.trainer.seed + di.rank)  # dropout masks differ between ranks, as their images do
+    optimizer = build_optimizer(model, c)
+    mixup = data_lib.build_mixup(loaders.num_classes, mixup_alpha=c.data.mixup, cutmix_alpha=c.data.cutmix,
+                                 label_smoothing=c.data.label_smoothing)
+    ctx = Ctx(
+        c, di, model, model, ema, optimizer, build_scheduler(optimizer, c, loaders.steps_per_epoch),
+        torch.amp.GradScaler(di.device.type, enabled=c.trainer.amp == "fp16"),
+        data_lib.build_criterion(mixup=mixup is not None, label_smoothing=c.data.label_smoothing),
+        mixup, loaders, log, ckpt_lib.CheckpointDir(run_dir, c.trainer.keep_last), None)
+    state = _resume(ctx) if ctx.ckpts.last.is_file() else State()
+    if di.world_size > 1:
+        ctx.net = DistributedDataParallel(model, device_ids=[di.local_rank] if di.device.type == "cuda" else None)
+    if c.trainer.compile:
+        ctx.net = torch.compile(ctx.net)
+    resolved = OmegaConf.to_container(OmegaConf.structured(c))
+    log.write_config(OmegaConf.to_yaml(resolved))
+    state.wandb_id = distributed.broadcast_object(log.start_wandb(c.logger.wandb, state.wandb_id, resolved,
+                                                                  run_dir.name))
+    params = sum(p.numel() for p in model.parameters())
+    log.info(f"run dir {run_dir} | {c.model.name} kernel_num={c.model.kernel_num} params={params / 1e6:.2f}M | "
+             f"{di.world_size} process(es) on {di.device.type} | global batch {c.data.global_batch_size}, "
+             f"{loaders.steps_per_epoch} steps/epoch, lr {optimizer.param_groups[0]['lr']:.4g}")
+    status = "completed"
+    ctx.stop = StopRequest()
+    try:
+        while state.epoch < c.trainer.epochs:
+            reason = train_one_epoch(ctx, state)
+            if reason:
+                _save(ctx, state, epoch_end=False)
+                log.info(f"stopped by {reason} at epoch {state.epoch + 1} step {state.step}; checkpoint saved to "
+                         f"{ctx.ckpts.last}; run the same command with paths.run_dir={run_dir} to resume")
+                status = "preempted"
+                break
+            state.epoch, state.batch = state.epoch + 1, 0
+            is_best = False
+            if state.epoch % c.trainer.eval_every == 0 or state.epoch == c.trainer.epochs:
+                is_best = _validate(ctx, state)
+            _save(ctx, state, epoch_end=True, is_best=is_best)
+    except NonFiniteLossError as e:
+        status = "failed"
+        log.info(f"error: {e}")
+        raise
+    finally:
+        summary = _summary(c, state, params, status)
+        log.write_summary(summary)
+        log.close()
+        ctx.stop.restore()
+    if status == "completed":
+        log.info(f"done: best top-1 {state.best_top1:.2f}% top-5 {state.best_top5:.2f}% | final top-1 "
+                 f"{summary['final_top1']:.2f}% top-5 {summary['final_top5']:.2f}% | {run_dir}")
+    else:
+        ctx.stop.chain()  # under submitit: its own handler requeues the job
+    return summary
+
+
+def train_one_epoch(ctx: Ctx, state: State) -> str | None:
+    """Train from the current position to the end of the epoch; returns why it stopped early, or None."""
+    c, t = ctx.c, ctx.c.trainer
+    accum, steps = t.accum_steps, ctx.loaders.steps_per_epoch
+    batches = _epoch_batches(ctx, state)
+    set_schedule_position(ctx.sched, state.epoch, state.step)
+    ctx.net.train()
+    window_start, window_loss, window_steps = time.perf_counter(), 0.0, 0
+    while state.batch < steps:
+        temperature = ctx.temperature(state.step)
+        set_temperature(ctx.model, temperature)
+        loss_sum = torch.zeros((), device=ctx.di.device)
+        for micro in range(accum):
+            x, y = next(batches)
+            x, y = x.to(ctx.di.device, non_blocking=True), y.to(ctx.di.device, non_blocking=True)
+            if t.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            if ctx.mixup is not None:
+                x, y = ctx.mixup(x, y)
+            # Gradients are all-reduced once per optimizer step, on the last micro-batch.
+            sync = micro == accum - 1 or not isinstance(ctx.net, DistributedDataParallel)
+            with contextlib.nullcontext() if sync else ctx.net.no_sync():
+                with ctx.autocast():
+                    loss = ctx.criterion(ctx.net(x), y)
+                ctx.scaler.scale(loss / accum).backward()
+            loss_sum += loss.detach().float()
+        # One all-reduce per step carries the loss, a non-finite flag and a stop request from any rank.
+        bad = (~torch.isfinite(loss_sum)).float()
+        signalled = float(ctx.stop.requested)
+        total, n_bad, n_signal = distributed.all_reduce_sum([loss_sum.item() / accum, bad.item(), signalled],
+                                                            ctx.di.device)
+        if n_bad and not ctx.scaler.is_enabled():
+            ctx.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(
+                f"loss is {total / ctx.di.world_size} at epoch {state.epoch + 1} step {state.step + 1}; stopped "
+                f"without saving, {ctx.ckpts.last} holds the last good state (lower optim.lr, set "
+                "optim.clip_grad_norm, or use trainer.amp=fp16 to skip such steps)")
+        if t.amp == "fp16" or c.optim.clip_grad_norm:
+            ctx.scaler.unscale_(ctx.optimizer)
+        if c.optim.clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), c.optim.clip_grad_norm)
+        ctx.scaler.step(ctx.optimizer)  # under fp16 skips the update when a gradient is inf/NaN
+        ctx.scaler.update()
+        ctx.optimizer.zero_grad(set_to_none=True)
+        if ctx.ema is not None:
+            ctx.ema.update(ctx.model, step=state.step)
+        state.step, state.batch = state.step + 1, state.batch + 1
+        if ctx.sched is not None:
+            ctx.sched.step_update(state.step)
+        window_loss, window_steps = window_loss + total / ctx.di.world_size, window_steps + 1
+        if state.step % t.log_every == 0 or state.batch == steps:
+            elapsed = time.perf_counter() - window_start
+            rate = window_steps * c.data.global_batch_size / max(elapsed, 1e-9)
+            lr = ctx.optimizer.param_groups[0]["lr"]
+            left = (t.epochs - state.epoch - 1) * steps + steps - state.batch
+            record = dict(kind="train", epoch=state.epoch, step=state.step, loss=window_loss / window_steps, lr=lr,
+                          temperature=temperature, images_per_s=rate, skipped_images=_skipped(ctx))
+            ctx.log.log(record)
+            ctx.log.train_line(epoch=state.epoch, epochs=t.epochs, batch=state.batch, batches=steps,
+                               loss=record["loss"], lr=lr, temperature=temperature, images_per_s=rate,
+                               eta_s=left * elapsed / window_steps)
+            window_start, window_loss, window_steps = time.perf_counter(), 0.0, 0
+        if n_signal:
+            return ctx.stop.name or "a signal on another rank"
+        if t.stop_after_steps and state.step >= t.stop_after_steps:
+            return f"trainer.stop_after_steps={t.stop_after_steps}"
+        if t.save_every_steps and state.step % t.save_every_steps == 0 and state.batch < steps:
+            _save(ctx, state, epoch_end=False)
+    return None
+
+
+def _epoch_batches(ctx: Ctx, state: State):
+    """Iterator over the epoch's remaining micro-batches, starting where the checkpoint left off."""
+    loaders, skip = ctx.loaders, state.batch * ctx.c.trainer.accum_steps
+    if loaders.train_sampler is not None:
+        loaders.train_sampler.set_position(state.epoch, skip)
+        return iter(loaders.train)
+    if hasattr(loaders.train_dataset, "set_epoch"):
+        loaders.train_dataset.set_epoch(state.epoch)
+    it = iter(loaders.train)
+    for _ in range(skip):  # a tar stream has no random access: decode and drop what was already trained on
+        next(it)
+    return it
+
+
+def _skipped(ctx: Ctx) -> int:
+    return int(distributed.all_reduce_sum([data_lib.skipped_images(ctx.loaders.train_dataset)], ctx.di.device)[0])
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device, autocast, limit: int | None = None) -> dict:
+    """Loss, top-1 and top-5 (percent) over the validation set, each image counted once across all ranks."""
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top-1 hits, top-5 hits, images
+    for i, batch in enumerate(loader):
+        if limit is not None and i >= limit:
+            break
+        if batch is None:  # every image of this batch was unreadable
+            continue
+        x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        with autocast():
+            logits = model(x).float()
+        hits = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(y[:, None])
+        sums += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(), hits[:, 0].sum().double(),
+                             hits.any(dim=1).sum().double(), torch.tensor(len(y), dtype=torch.float64,
+                                                                          device=device)])
+    loss, top1, top5, n = distributed.all_reduce_sum(sums.tolist(), device)
+    n = max(n, 1.0)
+    return {"loss": loss / n, "top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "images": int(n)}
+
+
+def _validate(ctx: Ctx, state: State) -> bool:
+    """Evaluate the model (and its EMA), log, and say whether this is the best top-1 so far."""
+    limit = ctx.c.trainer.limit_val_batches
+    metrics = evaluate(ctx.model, ctx.loaders.val, ctx.di.device, ctx.autocast, limit)
+    ctx.log.log(dict(kind="val", epoch=state.epoch - 1, step=state.step, **metrics))
+    ctx.log.info(f"epoch {state.epoch}/{ctx.c.trainer.epochs} val: loss {metrics['loss']:.4f} top-1 "
+                 f"{metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}% ({metrics['images']} images)")
+    if ctx.ema is not None:
+        set_temperature(ctx.ema.module, ctx.temperature(max(state.step - 1, 0)))
+        ema_metrics = evaluate(ctx.ema.module, ctx.loaders.val, ctx.di.device, ctx.autocast, limit)
+        ctx.log.log(dict(kind="val", epoch=state.epoch - 1, step=state.step, ema=True, **ema_metrics))
+        ctx.log.info(f"  EMA: top-1 {ema_metrics['top1']:.2f}% top-5 {ema_metrics['top5']:.2f}%")
+    state.last_val = metrics
+    if metrics["top1"] > state.best_top1:
+        state.best_top1, state.best_top5 = metrics["top1"], metrics["top5"]
+        return True
+    return False
+
+
+def _save(ctx: Ctx, state: State, *, epoch_end: bool, is_best: bool = False) -> None:
+    rng = ckpt_lib.rng_state()
+    rngs = [rng] * ctx.di.world_size
+    if ctx.di.world_size > 1:  # every rank's RNG, so each rank resumes its own dropout stream
+        torch.distributed.all_gather_object(rngs, rng)
+    if not ctx.di.is_main:
+        return
+    obj = dict(
+        model=ctx.model.state_dict(), optimizer=ctx.optimizer.state_dict(),
+        scheduler=ctx.sched.state_dict() if ctx.sched is not None else {}, scaler=ctx.scaler.state_dict(),
+        ema=ctx.ema.state_dict() if ctx.ema is not None else None, rng=rngs,
+        epoch=state.epoch, batch=state.batch, step=state.step, best_top1=state.best_top1,
+        best_top5=state.best_top5, last_val=state.last_val, wandb_id=state.wandb_id,
+        temperature=ctx.temperature(max(state.step - 1, 0)),
+        config=OmegaConf.to_container(OmegaConf.structured(ctx.c)),
+    )
+    ctx.ckpts.save(obj, epoch_end=epoch_end, is_best=is_best)
+
+
+def _resume(ctx: Ctx) -> State:
+    path = ctx.ckpts.last
+    ck = ckpt_lib.load(path)
+    saved_model = ck["config"]["model"]["name"]
+    if saved_model != ctx.c.model.name:
+        raise ConfigError(f"paths.run_dir holds a checkpoint of {saved_model}, not model.name={ctx.c.model.name}; "
+                          "choose another paths.run_dir")
+    ctx.model.load_state_dict(ck["model"])
+    ctx.optimizer.load_state_dict(ck["optimizer"])
+    if ctx.sched is not None:
+        ctx.sched.load_state_dict(ck["scheduler"])
+    ctx.scaler.load_state_dict(ck["scaler"])
+    if ctx.ema is not None and ck["ema"] is not None:
+        ctx.ema.load_state_dict(ck["ema"])
+    rngs = ck["rng"]
+    ckpt_lib.set_rng_state(rngs[ctx.di.rank] if len(rngs) == ctx.di.world_size else rngs[0])
+    state = State(ck["epoch"], ck["batch"], ck["step"], ck["best_top1"], ck["best_top5"], ck["last_val"],
+                  ck["wandb_id"])
+    ctx.log.truncate_metrics(state.step)
+    ctx.log.info(f"resuming from {path}: epoch {state.epoch + 1}, step {state.step}")
+    return state
+
+
+def _summary(c: TrainConfig, state: State, params: int, status: str) -> dict:
+    return dict(model=c.model.name, kernel_num=c.model.kernel_num, params=params, best_top1=state.best_top1,
+                best_top5=state.best_top5, final_top1=state.last_val.get("top1", math.nan),
+                final_top5=state.last_val.get("top5", math.nan), epochs=state.epoch,
+                global_batch_size=c.data.global_batch_size, status=status, step=state.step)
+
+
+def evaluate_checkpoint(c: TrainConfig, di: DistInfo) -> dict:
+    """mode=eval: top-1/top-5 of a checkpoint (ours, or a released one) on the configured validation set."""
+    import models
+
+    loaders = build_loaders(c, di)
+    model = build_model(c, loaders.num_classes)
+    try:
+        models.load_checkpoint(model, c.checkpoint)
+    except FileNotFoundError:
+        raise ConfigError(f"checkpoint {c.checkpoint} does not exist") from None
+    except ValueError as e:
+        raise ConfigError(f"checkpoint {c.checkpoint} does not fit model.name={c.model.name}: {e}") from None
+    ck = torch.load(c.checkpoint, map_location="cpu", weights_only=True)
+    # Released checkpoints are fully trained (temperature 1); ours record the temperature they were saved at.
+    set_temperature(model, float(ck.get("temperature", 1.0)) if isinstance(ck, dict) else 1.0)
+    model = model.to(di.device)
+    if c.trainer.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    amp = lambda: autocast(c, di.device)  # noqa: E731
+    results = {"model": evaluate(model, loaders.val, di.device, amp, c.trainer.limit_val_batches)}
+    if isinstance(ck, dict) and ck.get("ema"):
+        model.load_state_dict({k.removeprefix("module."): v for k, v in ck["ema"].items()})
+        results["ema"] = evaluate(model, loaders.val, di.device, amp, c.trainer.limit_val_batches)
+    if di.is_main:
+        for name, m in results.items():
+            print(f"{name}: top-1 {m['top1']:.2f}% top-5 {m['top5']:.2f}% loss {m['loss']:.4f} "
+                  f"({m['images']} images) | {c.checkpoint}", flush=True)
+    return results
