@@ -179,3 +179,8 @@ def test_webdataset_shards_split_count_and_epoch_order(small_folder, tmp_path):
     assert Counter(per_rank[0] + per_rank[1]) == Counter(val_labels) and all(per_rank)
     with pytest.raises(CorruptImageError, match=r"val-000001\.tar:00000004"):
         list(build_datasets(shards, "wds", strict=True).val)
+    (shards / "_info.json").unlink()  # without the info file, shards are found by name and counted
+    counted = build_datasets(shards, "wds")
+    assert (len(counted.train), len(counted.val), counted.num_classes) == (14, 13, 3)
+    with pytest.raises(FileNotFoundError, match=r"No shards for split 'test'.*data\.root"):
+        build_datasets(shards, "wds", val_split="test")

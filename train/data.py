@@ -152,7 +152,7 @@ def build_datasets(root: str | Path | None, fmt: str = "folder", *, train_split:
 
         return Datasets(*build_wds_datasets(resolve_root(root, root_env), train_split, val_split, train_transform,
                                             eval_transform, strict=strict, num_classes=num_classes, seed=seed,
-                                            shuffle_buffer=shuffle_buffer))
+                                            shuffle_buffer=shuffle_buffer, root_env=root_env))
     if fmt == "demo":
         from train.demo_data import prepare_demo_dataset
 

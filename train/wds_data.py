@@ -125,13 +125,13 @@ def _cycle(items: list[str]) -> Iterator[str]:
 
 def build_wds_datasets(root: Path, train_split: str, val_split: str, train_transform: Callable | None,
                        eval_transform: Callable | None, *, strict: bool = False, num_classes: int | None = None,
-                       seed: int = 0, shuffle_buffer: int = 2000):
+                       seed: int = 0, shuffle_buffer: int = 2000, root_env: str = "IMAGENET_ROOT"):
     info_path = root / INFO_FILE
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     found_classes = info.get("num_classes")
     datasets = []
     for split, transform, training in ((train_split, train_transform, True), (val_split, eval_transform, False)):
-        shards, count, classes = _split_shards(root, split, info)
+        shards, count, classes = _split_shards(root, split, info, root_env)
         found_classes = found_classes or classes
         datasets.append(WdsImageDataset(shards, count, transform, training=training, seed=seed, strict=strict,
                                         shuffle_buffer=shuffle_buffer))
@@ -141,7 +141,7 @@ def build_wds_datasets(root: Path, train_split: str, val_split: str, train_trans
     return datasets[0], datasets[1], int(classes)
 
 
-def _split_shards(root: Path, split: str, info: dict) -> tuple[list[str], int, int | None]:
+def _split_shards(root: Path, split: str, info: dict, root_env: str) -> tuple[list[str], int, int | None]:
     """Shard paths, sample count and (when counted here) number of classes of one split."""
     splits = info.get("splits", {})
     name = split if split in splits else VAL_ALIASES.get(split, split)
@@ -152,7 +152,7 @@ def _split_shards(root: Path, split: str, info: dict) -> tuple[list[str], int, i
     if not shards:
         raise FileNotFoundError(
             f"No shards for split '{split}' under {root}: expected {root}/{split}-*.tar or an {INFO_FILE} listing "
-            "them; set data.root (or IMAGENET_ROOT) to the shard folder.")
+            f"them; set data.root (or the {root_env} environment variable) to the shard folder.")
     _logger.warning("No %s in %s: counting the samples of %d shards (write the file to skip this)",
                     INFO_FILE, root, len(shards))
     count, max_cls = 0, -1
