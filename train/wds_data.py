@@ -1,7 +1,7 @@
 """WebDataset tar shards for cluster-scale reading, and a writer that turns an image folder into shards.
 
 Layout: `root/_info.json` (timm's format: {"num_classes": C, "splits": {"train": {"num_samples": N, "filenames":
-[...], ...}, "validation": {...}}}) next to the shards; without it, `root/{split}-*.tar` are found by glob and counted
+[...], ...}, "validation": {...}}}) next to the shards; without it, `root/[PREFIX-]{split}-*.tar` are found and counted
 once (slow on ImageNet-size sets: write the info file, as `write_wds_shards` does). A sample is an image
 (`.jpg`/`.jpeg`/`.png`/`.webp`) plus its class index in `.cls`, as in timm's ImageNet shards.
 
@@ -148,7 +148,8 @@ def _split_shards(root: Path, split: str, info: dict, root_env: str) -> tuple[li
     if name in splits:
         entry = splits[name]
         return [str(root / f) for f in entry["filenames"]], int(entry["num_samples"]), None
-    shards = sorted(glob.glob(str(root / f"{split}-*.tar")))
+    # `train-000000.tar` (write_wds_shards) or a prefixed name such as timm's `imagenet-train-000000.tar`.
+    shards = sorted(glob.glob(str(root / f"{split}-*.tar")) or glob.glob(str(root / f"*-{split}-*.tar")))
     if not shards:
         raise FileNotFoundError(
             f"No shards for split '{split}' under {root}: expected {root}/{split}-*.tar or an {INFO_FILE} listing "
