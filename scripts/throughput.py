@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=5, help="timed training steps per model")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--data", choices=["none", "demo", "folder", "wds"], default="demo")
@@ -143,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> list[dict]:
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     # The load average goes with the numbers: on a shared machine other jobs take cores from the benchmark.
     print(f"# torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus, "
           f"{platform.machine()}, load average {os.getloadavg()[0]:.1f}", flush=True)

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,3 +105,38 @@ def test_cli_writes_both_files_and_bad_paths_give_one_line_errors(runs, tmp_path
         report.write_report([tmp_path / "empty"], out)
     with pytest.raises(report.ReportError, match=f"{missing} does not exist"):
         report.find_runs([missing])
+
+
+def test_report_on_a_real_training_run(tmp_path, capsys):
+    """One real (tiny) run of the training engine, labelled as ImageNet so it meets its paper row."""
+    from PIL import Image
+    from hydra import compose, initialize_config_dir
+
+    from train.config import register
+    from train.loop import run
+
+    for split, per_class in (("train", 4), ("val", 2)):
+        for cls in range(3):
+            (tmp_path / "data" / split / str(cls)).mkdir(parents=True)
+            for i in range(per_class):
+                Image.new("RGB", (32, 32), (80 * cls, 40 * i, 90)).save(tmp_path / "data" / split / str(cls) / f"{i}.png")
+    register()
+    with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=[
+            "trainer.epochs=1", "trainer.limit_train_batches=1", "data.global_batch_size=4", "data.workers=0",
+            "data.format=folder", f"data.root={tmp_path / 'data'}", "data.name=imagenet",
+            f"paths.run_dir={tmp_path / 'run'}"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: one thread is faster, and immune to a busy machine's other jobs
+    try:
+        run(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    md, _ = report.write_report([tmp_path / "run"], tmp_path / "out")
+    row = table(md.read_text())["run"]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert row["Model"] == cfg.model.name and row["K"] == str(cfg.model.kernel_num)
+    assert row["Top-1"] == f"{summary['best_top1']:.2f}" and row["Epochs"] == "1/1"
+    assert row["Params (M)"] == f"{summary['params'] / 1e6:.2f}"
+    paper = report._paper_row(report.load_run(tmp_path / "run"))
+    assert paper is not None and row["Paper top-1"] == f"{paper.top1:.2f}"

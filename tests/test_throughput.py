@@ -2,14 +2,21 @@
 import sys
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import throughput  # noqa: E402
 
 
 def test_benchmark_prints_one_row_per_measurement(tmp_path, capsys):
-    code = throughput.main(["--models", "static_resnet18", "od_resnet18:2", "--batch-size", "2", "--img-size", "32",
-                            "--steps", "1", "--warmup", "0", "--data", "demo", "--data-root", str(tmp_path / "digits"),
-                            "--workers", "0", "1", "--data-batches", "2"])
+    threads = torch.get_num_threads()
+    try:
+        code = throughput.main(["--threads", "1", "--models", "static_resnet18", "od_resnet18:2", "--batch-size", "2",
+                                "--img-size", "32", "--steps", "1", "--warmup", "0", "--data", "demo",
+                                "--data-root", str(tmp_path / "digits"), "--workers", "0", "1",
+                                "--data-batches", "2"])
+    finally:
+        torch.set_num_threads(threads)
     assert code == 0
     table = capsys.readouterr().out.split("\n\n")[-1].splitlines()
     assert table[0] == "| what | setting | batch | img | batches | images/s | ms/batch |"
