@@ -132,6 +132,8 @@ def result_row(run: Run) -> dict[str, str]:
         "Top-5": _fmt(best_top5),
         "Final top-1": _fmt(final_top1),
         "EMA top-1": _fmt(max((r["top1"] for r in ema), default=None)),
+        # The engine logs a running count of unreadable images skipped (summed over ranks).
+        "Skipped images": str(max((r.get("skipped_images") or 0 for r in run.train), default=0)),
         "Params (M)": _fmt(_millions(s.get("params"))),
         "Paper row": row.label if row else DASH,
         "Paper top-1": _fmt(row.top1 if row else None),
@@ -193,10 +195,36 @@ def curves_png(run: Run) -> str | None:
     return image
 
 
+def overview_png(runs: list[Run]) -> str | None:
+    """Validation top-1 per epoch of every run in one plot; None for fewer than two runs with validation."""
+    curves = [(run.label, [r for r in run.val if not r.get("ema") and r.get("top1") is not None]) for run in runs]
+    curves = [(label, val) for label, val in curves if val]
+    if len(curves) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5), layout="constrained")
+    for label, val in curves:
+        ax.plot([r["epoch"] + 1 for r in val], [r["top1"] for r in val], marker="o", markersize=3, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val top-1 (%)")
+    ax.legend(fontsize=8)
+    image = _png(fig)
+    plt.close(fig)
+    return image
+
+
 def html_page(rows: list[dict[str, str]], runs: list[Run], title: str) -> str:
     header = "".join(f"<th>{html.escape(h)}</th>" for h in rows[0])
     body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in r.values()) + "</tr>" for r in rows)
     sections = []
+    overview = overview_png(runs)
+    if overview:
+        sections.append(f'<h2>Validation top-1</h2><img alt="validation top-1 of all runs" '
+                        f'src="data:image/png;base64,{overview}">')
     for run in runs:
         image = curves_png(run)
         figure = (f'<img alt="training curves of {html.escape(run.label)}" src="data:image/png;base64,{image}">'
@@ -226,9 +254,10 @@ def write_report(paths: list[str | Path], out_dir: str | Path, title: str = "ODC
     for run, label in zip(runs, _labels(run_dirs)):
         run.label = label
     rows = [result_row(r) for r in runs]
-    if all(r["EMA top-1"] == DASH for r in rows):
-        for r in rows:
-            del r["EMA top-1"]
+    for column, empty in (("EMA top-1", DASH), ("Skipped images", "0")):  # columns only when some run has them
+        if all(r[column] == empty for r in rows):
+            for r in rows:
+                del r[column]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     md, page = out_dir / "results.md", out_dir / "results.html"

@@ -52,6 +52,7 @@ def runs(tmp_path):
               cut_last_line=True)
     with open(root / "demo" / "metrics.jsonl", "a") as f:
         f.write("\n" + json.dumps(dict(kind="val", epoch=1, step=20, loss=0.5, top1=82.5, top5=99.0, time=1.0)) + "\n")
+        f.write(json.dumps(dict(kind="train", epoch=1, step=25, loss=0.1, lr=0.1, skipped_images=3, time=2.0)) + "\n")
     (root / "demo" / ".hydra").mkdir()
     (root / "demo" / ".hydra" / "config.yaml").write_text("not: a run\n")
     return root
@@ -80,13 +81,15 @@ def test_table_puts_runs_beside_their_paper_rows(runs, tmp_path):
     demo = rows["demo"]  # no summary yet: read from the metrics; the resumed epoch's later record wins
     assert (demo["Top-1"], demo["Status"], demo["Epochs"], demo["Paper row"], demo["Δ top-1"]) == \
         ("82.50", "running", "2/5", "—", "—")
+    assert (demo["Skipped images"], od["Skipped images"]) == ("3", "0")
 
 
 def test_html_is_self_contained_with_one_curve_image_per_run(runs, tmp_path):
     _, page = report.write_report([runs / "demo", runs / "r18_od4x"], tmp_path / "out")
     text = page.read_text()
     images = text.split('src="data:image/png;base64,')[1:]
-    assert len(images) == 2
+    assert len(images) == 3  # the runs' top-1 side by side, then each run's curves
+    assert 'alt="validation top-1 of all runs"' in text and 'alt="training curves of r18_od4x"' in text
     assert all(base64.b64decode(img.split('"')[0]).startswith(b"\x89PNG\r\n\x1a\n") for img in images)
     assert "ResNet18 + ODConv (4x)" in text and "1 unreadable line(s) in metrics.jsonl skipped" in text
     assert "http" not in text.replace("http-equiv", "")  # nothing fetched when the page opens
