@@ -16,7 +16,10 @@ from .layers import ConvFactory, init_static_layers, static_conv
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int, downsample: Optional[nn.Module], conv: ConvFactory):
+    def __init__(
+        self, inplanes: int, planes: int, stride: int, downsample: Optional[nn.Module], conv: ConvFactory,
+        style: str = "pytorch",
+    ):
         super().__init__()
         self.conv1 = conv(inplanes, planes, 3, stride)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -35,11 +38,17 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int, downsample: Optional[nn.Module], conv: ConvFactory):
+    def __init__(
+        self, inplanes: int, planes: int, stride: int, downsample: Optional[nn.Module], conv: ConvFactory,
+        style: str = "pytorch",
+    ):
         super().__init__()
-        self.conv1 = conv(inplanes, planes, 1)
+        # "pytorch" (ResNet v1.5, torchvision, the released code): stride on the 3x3. "caffe" (He et al.'s v1,
+        # mmdet's style='caffe'): stride on the first 1x1; the published baseline MACs are counted this way.
+        s1, s3 = (stride, 1) if style == "caffe" else (1, stride)
+        self.conv1 = conv(inplanes, planes, 1, s1)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = conv(planes, planes, 3, stride)  # stride on the 3x3, as torchvision and the released code
+        self.conv2 = conv(planes, planes, 3, s3)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = conv(planes, planes * self.expansion, 1)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
@@ -75,10 +84,13 @@ class ResNet(nn.Module):
         num_classes: int = 1000,
         dropout: float = 0.0,
         in_chans: int = 3,
+        style: str = "pytorch",
     ) -> None:
         super().__init__()
         if depth not in ARCH_SETTINGS:
             raise ValueError(f"depth must be one of {sorted(ARCH_SETTINGS)}, got {depth}")
+        if style not in ("pytorch", "caffe"):
+            raise ValueError(f"style must be 'pytorch' or 'caffe', got {style!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         block, layers = ARCH_SETTINGS[depth]
@@ -92,7 +104,7 @@ class ResNet(nn.Module):
         self.feature_info = []
         for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers)):
             stride = 1 if i == 0 else 2
-            setattr(self, f"layer{i + 1}", self._make_layer(block, planes, blocks, stride, conv))
+            setattr(self, f"layer{i + 1}", self._make_layer(block, planes, blocks, stride, conv, style))
             self.feature_info.append(dict(num_chs=planes * block.expansion, reduction=4 * 2**i, module=f"layer{i + 1}"))
         self.num_features = 512 * block.expansion
         self.avgpool = nn.AdaptiveAvgPool2d(1)
@@ -101,16 +113,18 @@ class ResNet(nn.Module):
         init_static_layers(self)
         del self.inplanes
 
-    def _make_layer(self, block: Block, planes: int, blocks: int, stride: int, conv: ConvFactory) -> nn.Sequential:
+    def _make_layer(
+        self, block: Block, planes: int, blocks: int, stride: int, conv: ConvFactory, style: str
+    ) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(
                 nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride=stride, bias=False),
                 nn.BatchNorm2d(planes * block.expansion),
             )
-        layers = [block(self.inplanes, planes, stride, downsample, conv)]
+        layers = [block(self.inplanes, planes, stride, downsample, conv, style)]
         self.inplanes = planes * block.expansion
-        layers += [block(self.inplanes, planes, 1, None, conv) for _ in range(1, blocks)]
+        layers += [block(self.inplanes, planes, 1, None, conv, style) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
     def forward_stages(self, x: Tensor) -> list[Tensor]:

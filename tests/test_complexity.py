@@ -1,0 +1,79 @@
+"""MAC counting: the published baselines are reproduced, ODConv's dynamic parts are counted by hand-checkable rules."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+import models  # noqa: F401  (registers the zoo)
+from models.complexity import count_macs, odconv_macs
+from odconv import ODConv2d
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    "name, published_m", [("static_resnet18", 1814), ("static_mobilenetv2_100", 300.8), ("static_mobilenetv2_050", 97.1)]
+)
+def test_static_baselines_match_published_macs(name, published_m):
+    assert count_macs(timm.create_model(name))["total"] / 1e6 == pytest.approx(published_m, rel=1e-3)
+
+
+def test_published_resnet50_baseline_is_the_stride_on_1x1_count():
+    ours = count_macs(timm.create_model("static_resnet50"))["total"] / 1e6
+    caffe = count_macs(timm.create_model("static_resnet50", style="caffe"))["total"] / 1e6
+    assert ours == pytest.approx(4089.2, abs=0.1)  # the usual count (torchvision: 4.09 GFLOPS)
+    assert caffe == pytest.approx(3858, rel=1e-3)  # the published 3.858G
+    assert ours - caffe == pytest.approx(3 * 77.07, abs=0.05)  # three strided first blocks, 1x1 at 4x the pixels
+
+
+def test_caffe_style_moves_the_stride_only():
+    a, b = timm.create_model("od_resnet50", kernel_num=1), timm.create_model("od_resnet50", kernel_num=1, style="caffe")
+    assert a.layer2[0].conv1.stride == (1, 1) and a.layer2[0].conv2.stride == (2, 2)
+    assert b.layer2[0].conv1.stride == (2, 2) and b.layer2[0].conv2.stride == (1, 1)
+    assert sum(p.numel() for p in a.parameters()) == sum(p.numel() for p in b.parameters())
+    with pytest.raises(ValueError, match="style must be 'pytorch' or 'caffe'"):
+        timm.create_model("static_resnet50", style="v1")
+
+
+def test_odconv_layer_macs_by_hand():
+    layer = ODConv2d(64, 128, 3, stride=2, padding=1, kernel_num=4).eval()
+    x = torch.zeros(1, 64, 16, 16)
+    y = layer(x)
+    m = odconv_macs(layer, x, y)
+    weights = 128 * 64 * 9
+    assert m["conv"] == weights * 8 * 8
+    assert m["aggregation"] == 4 * weights + weights  # K multiply-adds per weight, one spatial multiply
+    hidden = 16
+    assert m["attention"] == 64 * 256 + 64 * hidden + hidden * (64 + 128 + 9 + 4)
+    assert m["products"] == 64 * 256 + 128 * 64
+    pw = ODConv2d(64, 128, 1, kernel_num=1).eval()
+    assert odconv_macs(pw, x, pw(x))["aggregation"] == 0  # 1x1 single kernel: no per-sample kernel is built
+
+
+def test_odconv_macs_grow_with_kernel_number():
+    one = count_macs(timm.create_model("od_resnet18", kernel_num=1))
+    four = count_macs(timm.create_model("od_resnet18", kernel_num=4))
+    static = count_macs(timm.create_model("static_resnet18"))
+    assert one["conv"] == four["conv"] == static["conv"]
+    block_weights = sum(m.weight[0].numel() for m in timm.create_model("od_resnet18").modules() if isinstance(m, ODConv2d))
+    assert one["aggregation"] == block_weights  # the spatial attention multiplies each weight once
+    assert four["aggregation"] == 5 * block_weights  # plus 4 multiply-adds to sum the kernels
+    assert static["total"] < one["total"] < four["total"]
+
+
+def test_complexity_script_prints_the_table(tmp_path):
+    out = tmp_path / "table.md"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "complexity.py"), "--arch", "resnet18", "--out", str(out)],
+        capture_output=True, text=True, check=True, cwd=tmp_path,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("| ResNet18")]
+    assert len(lines) == 3
+    assert "| 11.94M | 11.94M | 1.830G | 1.838G | -0.4% |" in lines[1]
+    assert "undocumented convention" in lines[2]  # the 4x row is 2.2% off and says why
+    assert out.read_text().strip() == proc.stdout.strip()
