@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from .attention import ODAttention
+from .dispatch import LayerShape, resolve
 from .functional import odconv2d
 
 _IntOrPair = Union[int, tuple[int, int]]
@@ -89,6 +90,8 @@ class ODConv2d(nn.Module):
             torch.empty(kernel_num, out_channels, in_channels // groups, *self.kernel_size, **factory_kwargs)
         )
         self.bias = nn.Parameter(torch.empty(out_channels, **factory_kwargs)) if bias else None
+        # None: odconv.dispatch picks per call from the input's shape; a name from odconv.FORMULATIONS forces it.
+        self.formulation: Optional[str] = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -108,11 +111,19 @@ class ODConv2d(nn.Module):
         """Softmax/sigmoid temperature of every attention (released name); annealed 30 -> 1 early in training."""
         self.attention.update_temperature(temperature)
 
+    def layer_shape(self, x: Tensor) -> LayerShape:
+        """What the formulation dispatch looks at for input `x`."""
+        return LayerShape(
+            x.shape[0], self.in_channels, self.out_channels, x.shape[-2], x.shape[-1], self.kernel_size,
+            self.stride, self.groups, self.kernel_num, self.attention.spatial_fc is not None,
+        )
+
     def _conv_forward(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         att = self.attention(x)
+        formulation = resolve(self.formulation, self.layer_shape(x), x.device.type, self.training)
         return odconv2d(
             x, weight, att.channel, att.filter, att.spatial, att.kernel,
-            self.stride, self.padding, self.dilation, self.groups, bias,
+            self.stride, self.padding, self.dilation, self.groups, bias, formulation,
         )
 
     def forward(self, x: Tensor) -> Tensor:

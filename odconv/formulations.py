@@ -1,0 +1,121 @@
+"""The ways of computing one ODConv layer. All give the same result; they differ in speed and memory per shape.
+
+For sample b, with channel attention a_c (C_in), filter a_f (C_out), spatial a_s (kh, kw), kernel a_k (K):
+``y[b] = conv(x[b], W[b])`` with ``W[b] = a_f[b] * a_c[b] * a_s[b] * sum_i a_k[b, i] W_i`` (outer product over the
+kernel's four dimensions). A missing attention (None) is 1.
+
+- ``grouped``: the released code. a_c on the input, a_s and a_k folded into a per-sample kernel, one convolution
+  with ``groups = B * groups`` over the batch seen as one image, a_f on the output. Autograd keeps the per-sample
+  kernel and the scaled input alive for the backward pass.
+- ``folded``: the same grouped convolution, but all four attentions go into the per-sample kernel (no elementwise
+  pass over the feature maps) and a custom autograd function recomputes that kernel in the backward pass instead
+  of saving it. Best where the kernel is small next to the feature maps: depthwise layers, batch 1.
+- ``bmm``: the same folded per-sample kernel, applied as one batched matrix product over the unfolded input
+  (im2col; a free view for 1x1 stride-1 kernels). No grouped convolution, whose CPU kernels are slow for
+  many groups; the columns are recomputed in the backward pass. ``groups == 1`` only.
+- ``feature``: the attentions on the feature maps: a_c on the input, a_f on the output, and for K > 1 one static
+  conv with all K kernels stacked along the output channels, summed with a_k. No per-sample kernel at all,
+  K times the MACs. Only for layers without spatial attention (1x1 kernels); for 1x1 K=1 it is the static conv.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+FORMULATIONS = ("grouped", "folded", "bmm", "feature", "columns")
+
+
+def aggregate_kernels(weight: Tensor, spatial: Optional[Tensor], kernel: Optional[Tensor]) -> Tensor:
+    """Per-sample kernel sum_i kernel[b, i] * spatial[b] * W_i: (B, O, I/g, kh, kw), as released."""
+    if kernel is None:
+        w = weight[0].unsqueeze(0)  # (1, O, I/g, kh, kw)
+    else:
+        w = torch.einsum("bk,koihw->boihw", kernel, weight)
+    if spatial is not None:
+        w = w * spatial[:, None, None]
+    return w
+
+
+def supported(name: str, groups: int, has_spatial: bool) -> bool:
+    """Whether formulation `name` can compute a layer with these groups and spatial attention."""
+    if name in ("bmm", "columns"):
+        return groups == 1
+    if name == "feature":
+        return not has_spatial
+    return name in FORMULATIONS
+
+
+def odconv2d_grouped(x, weight, channel, filt, spatial, kernel, stride, padding, dilation, groups) -> Tensor:
+    """The released formulation: one per-sample kernel per sample, run as one grouped conv over the batch."""
+    b, c, h, w_ = x.shape
+    x = x * channel[:, :, None, None]
+    if spatial is None and kernel is None:
+        # 1x1, single kernel: the released code runs the static conv here (`_forward_impl_pw1x`).
+        out = F.conv2d(x, weight[0], None, stride, padding, dilation, groups)
+    else:
+        agg = aggregate_kernels(weight, spatial, kernel).reshape(-1, *weight.shape[2:])  # (B*O, I/g, kh, kw)
+        out = F.conv2d(x.reshape(1, b * c, h, w_), agg, None, stride, padding, dilation, groups * b)
+        out = out.view(b, -1, out.shape[-2], out.shape[-1])
+    if filt is not None:
+        out = out * filt[:, :, None, None]
+    return out
+
+
+def odconv2d_feature(x, weight, channel, filt, spatial, kernel, stride, padding, dilation, groups) -> Tensor:
+    """Attentions on the feature maps; K stacked kernels in one static conv. Needs `spatial is None`."""
+    if spatial is not None:
+        raise ValueError("the 'feature' formulation needs a layer without spatial attention (a 1x1 kernel)")
+    x = x * channel[:, :, None, None]
+    k, o = weight.shape[:2]
+    if kernel is None:
+        out = F.conv2d(x, weight[0], None, stride, padding, dilation, groups)
+    else:
+        # Stack as (O, K) so each group of the conv sees its own output channels of all K kernels.
+        w = weight.transpose(0, 1).reshape(o * k, *weight.shape[2:])
+        out = F.conv2d(x, w, None, stride, padding, dilation, groups)
+        b, _, ho, wo = out.shape
+        out = torch.einsum("bokhw,bk->bohw", out.view(b, o, k, ho, wo), kernel)
+    if filt is not None:
+        out = out * filt[:, :, None, None]
+    return out
+
+
+def im2col_nhwc(x: Tensor, kernel_size, stride, padding, dilation) -> Tensor:
+    """(B, Ho, Wo, kh*kw, C) patches, built from strided slices of the padded input in NHWC order.
+
+    `F.unfold` is several times slower than a 3x3 conv on CPU; stacking kh*kw slices is a plain copy.
+    """
+    kh, kw = kernel_size
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    xp = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
+    xp = xp.permute(0, 2, 3, 1)
+    ho = (xp.shape[1] - dh * (kh - 1) - 1) // sh + 1
+    wo = (xp.shape[2] - dw * (kw - 1) - 1) // sw + 1
+    taps = [xp[:, i * dh: i * dh + sh * (ho - 1) + 1: sh, j * dw: j * dw + sw * (wo - 1) + 1: sw]
+            for i in range(kh) for j in range(kw)]
+    return torch.stack(taps, dim=3)
+
+
+def odconv2d_columns(x, weight, channel, filt, spatial, kernel, stride, padding, dilation, groups) -> Tensor:
+    """im2col with the columns scaled by a_c * a_s, one GEMM shared by the batch against the K stacked kernels,
+    the K results mixed by a_k and scaled by a_f. Static MACs times K; returns a channels_last tensor."""
+    if groups != 1:
+        raise ValueError("the 'columns' formulation needs groups == 1")
+    k, o, c = weight.shape[:3]
+    b = x.shape[0]
+    cols = im2col_nhwc(x, weight.shape[-2:], stride, padding, dilation)  # (B, Ho, Wo, T, C)
+    _, ho, wo, t, _ = cols.shape
+    scale = channel[:, None, :] if spatial is None else spatial.reshape(b, t, 1) * channel[:, None, :]
+    cols = cols * scale[:, None, None].to(cols.dtype)
+    w = weight.permute(3, 4, 2, 0, 1).reshape(t * c, k * o)  # rows (tap, channel), columns (kernel, out)
+    z = cols.reshape(b, ho * wo, t * c) @ w.to(cols.dtype)  # (B, L, K*O)
+    if kernel is None:
+        mix = filt[:, None, :] if filt is not None else None
+        out = z if mix is None else z * mix
+    else:
+        mix = kernel[:, :, None] if filt is None else kernel[:, :, None] * filt[:, None, :]  # (B, K, O)
+        out = (z.view(b, ho * wo, k, o) * mix[:, None]).sum(2)
+    return out.view(b, ho, wo, o).permute(0, 3, 1, 2)

@@ -1,0 +1,288 @@
+"""Speed and memory of ODConv formulations against the static conv and the released formulation, side by side.
+
+Every variant of one row is measured in this process, interleaved (A, B, C, A, B, C, ...), and reported as the
+median time over repeats divided by the static conv's. Two sections:
+
+- layers: every distinct ODConv layer shape of the zoo (found by hooks on the real models) at 224px, batch 16
+  and 32px, batch 64; forward (eval, no grad) and forward+backward (train) of the static conv, the released
+  code (re-implemented below, unchanged in substance), and each formulation of `odconv`.
+- models: training step (forward, cross-entropy, backward) of od_resnet50 1x/4x, od_mobilenetv2_100 1x/4x
+  (batch 16, 224px) and od_resnet18 1x (batch 64, 32px) over their static twins; eval at batch 1 and 16.
+
+Memory: on CUDA the peak of `torch.cuda.max_memory_allocated` during the step minus the memory before it. On CPU
+the allocator keeps no peak, so we report the bytes autograd holds for the backward pass (every distinct storage
+saved by `saved_tensors_hooks`, plus the output): that is what a training step's peak grows with; weights and
+transient buffers inside one op are not in it.
+
+    python scripts/bench_odconv.py --section layers --quick       # a few shapes, a minute on 2 cores
+    python scripts/bench_odconv.py --section all --device cuda    # everything
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import timm  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+import models  # noqa: E402,F401  (registers the zoo with timm)
+from odconv import ODConv2d  # noqa: E402
+from odconv.dispatch import LayerShape, choose, use_formulation  # noqa: E402
+from odconv.formulations import FORMULATIONS, supported  # noqa: E402
+
+ZOO = ("od_resnet18", "od_resnet34", "od_resnet50", "od_resnet101",
+       "od_mobilenetv2_050", "od_mobilenetv2_075", "od_mobilenetv2_100")
+SETTINGS = {224: 16, 32: 64}  # input size -> batch
+QUICK_SHAPES = 6
+
+
+class ReleasedODConv2d(ODConv2d):
+    """The released `ODConv2d._forward_impl_common` / `_forward_impl_pw1x` (OSVAI/ODConv, modules/odconv.py),
+    on our parameters (same names), so it is the baseline whatever our `odconv2d_grouped` becomes."""
+
+    def forward(self, x):
+        ch, fi, sp, ke = self.attention(x)
+        b, c, h, w = x.shape
+        one = 1.0
+        fi = one if fi is None else fi.view(b, -1, 1, 1)
+        x = x * ch.view(b, -1, 1, 1)
+        if self.kernel_size == (1, 1) and self.kernel_num == 1:
+            out = F.conv2d(x, self.weight.squeeze(0), None, self.stride, self.padding, self.dilation, self.groups)
+            return out * fi
+        sp = one if sp is None else sp.view(b, 1, 1, 1, *self.kernel_size)
+        ke = one if ke is None else ke.view(b, -1, 1, 1, 1, 1)
+        agg = torch.sum(sp * ke * self.weight.unsqueeze(0), dim=1).view(-1, c // self.groups, *self.kernel_size)
+        out = F.conv2d(x.reshape(1, -1, h, w), agg, None, self.stride, self.padding, self.dilation,
+                       self.groups * b)
+        return out.view(b, self.out_channels, out.shape[-2], out.shape[-1]) * fi
+
+
+def zoo_shapes(res: int, batch: int, zoo=ZOO) -> list[LayerShape]:
+    """Distinct ODConv layer shapes of the zoo models at K=1 and K=4, in first-seen order."""
+    seen: dict[LayerShape, None] = {}
+    for name in zoo:
+        for k in (1, 4):
+            model = timm.create_model(name, kernel_num=k, num_classes=10).eval()
+            hooks = [m.register_forward_pre_hook(lambda mod, a: seen.setdefault(mod.layer_shape(a[0])._replace(
+                batch=batch))) for m in model.modules() if isinstance(m, ODConv2d)]
+            with torch.no_grad():
+                model(torch.zeros(1, 3, res, res))
+            for h in hooks:
+                h.remove()
+    return list(seen)
+
+
+class SavedBytes:
+    """Bytes of the distinct storages autograd saves for backward inside the block (CPU memory proxy)."""
+
+    def __init__(self):
+        self.storages: dict[int, int] = {}
+
+    def pack(self, t):
+        st = t.untyped_storage()
+        self.storages[st.data_ptr()] = st.nbytes()
+        return t
+
+    def __enter__(self):
+        self.ctx = torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)
+        self.ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.ctx.__exit__(*exc)
+
+    @property
+    def total(self) -> int:
+        return sum(self.storages.values())
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(step: Callable[[], torch.Tensor], device, params) -> tuple[float, int]:
+    """(seconds, bytes) of one call; bytes as described in the module docstring."""
+    for p in params:
+        p.grad = None
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        t0 = time.perf_counter()
+        step()
+        sync(device)
+        return time.perf_counter() - t0, torch.cuda.max_memory_allocated(device) - base
+    t0 = time.perf_counter()
+    step()
+    return time.perf_counter() - t0, 0
+
+
+def saved_bytes(forward: Callable[[], torch.Tensor]) -> int:
+    with SavedBytes() as sb:
+        out = forward()
+    return sb.total + out.untyped_storage().nbytes()
+
+
+def compare(variants: dict[str, tuple[Callable, Callable, list]], device, repeats: int, warmup: int = 1):
+    """variants: name -> (timed step, forward for the memory proxy or None, params). Interleaved minima."""
+    times = {n: [] for n in variants}
+    mem = {n: 0 for n in variants}
+    for r in range(warmup + repeats):
+        for n, (step, _, params) in variants.items():
+            t, m = measure(step, device, params)
+            if r >= warmup:
+                times[n].append(t)
+                mem[n] = max(mem[n], m)
+    if device.type == "cpu":
+        for n, (_, fwd, _) in variants.items():
+            mem[n] = saved_bytes(fwd) if fwd is not None else 0
+    # The minimum, not the median: on a shared machine the other processes only ever add time.
+    return {n: min(v) for n, v in times.items()}, mem
+
+
+def layer_variants(shape: LayerShape, device, formulations, train: bool):
+    """name -> (step, forward, params) for one layer shape: static, released, ours (auto) and each formulation."""
+    kh, kw = shape.kernel_size
+    pad = ((kh - 1) // 2, (kw - 1) // 2)
+    x = torch.randn(shape.batch, shape.in_channels, shape.height, shape.width, device=device)
+    static = nn.Conv2d(shape.in_channels, shape.out_channels, shape.kernel_size, shape.stride, pad,
+                       groups=shape.groups, bias=False).to(device)
+    od = ODConv2d(shape.in_channels, shape.out_channels, shape.kernel_size, shape.stride, pad,
+                  groups=shape.groups, kernel_num=shape.kernel_num).to(device)
+    rel = ReleasedODConv2d(shape.in_channels, shape.out_channels, shape.kernel_size, shape.stride, pad,
+                           groups=shape.groups, kernel_num=shape.kernel_num).to(device)
+    rel.load_state_dict(od.state_dict())
+    xg = x.clone().requires_grad_(train)
+    mods = {"static": static, "released": rel, "ours": od}
+    forced = {f"={f}": f for f in formulations if supported(f, shape.groups, shape.has_spatial)}
+    out = {}
+
+    def make(mod, form=None):
+        def fwd():
+            if form is None:
+                return mod(xg)
+            with use_formulation(form):
+                return mod(xg)
+
+        def step():
+            if not train:
+                with torch.no_grad():
+                    return fwd()
+            y = fwd()
+            y.backward(torch.ones_like(y))
+            return y
+        return step, (fwd if train else None), list(mod.parameters()) + [xg]
+
+    for n, m in mods.items():
+        m.train(train)
+        out[n] = make(m)
+    for n, f in forced.items():
+        out[n] = make(od, f)
+    return out
+
+
+def fmt_shape(s: LayerShape) -> str:
+    return (f"{s.in_channels:4d}->{s.out_channels:<4d} {s.kernel_size[0]}x{s.kernel_size[1]} s{s.stride[0]} "
+            f"g{s.groups:<4d} K{s.kernel_num} {s.height:3d}px b{s.batch}")
+
+
+def run_layers(args, device):
+    cols = ["released", "ours"] + [f"={f}" for f in args.formulations]
+    print(f"\n## Layers: time / static conv (min of {args.repeats}); mem = saved-for-backward / static")
+    for res in args.res:
+        shapes = zoo_shapes(res, SETTINGS[res], args.zoo)
+        if args.quick:
+            shapes = [s for s in shapes if s.kernel_size != (1, 1) or s.kernel_num > 1][:QUICK_SHAPES]
+        print(f"\n### {res}px, batch {SETTINGS[res]}: {len(shapes)} distinct shapes")
+        print(f"{'shape':42s} {'pass':7s} {'static ms':>9s} " + " ".join(f"{c:>9s}" for c in cols) + "  choice")
+        for s in shapes:
+            for train in (False, True):
+                v = layer_variants(s, device, args.formulations, train)
+                t, m = compare(v, device, args.repeats)
+                row = " ".join(f"{t[c] / t['static']:9.2f}" if c in t else f"{'-':>9s}" for c in cols)
+                print(f"{fmt_shape(s):42s} {'fwd+bwd' if train else 'fwd':7s} {t['static'] * 1e3:9.2f} {row}  "
+                      f"{choose(s, device.type, train)}", flush=True)
+                if train:
+                    mrow = " ".join(f"{m[c] / max(m['static'], 1):9.2f}" if c in m else f"{'-':>9s}" for c in cols)
+                    print(f"{'':42s} {'mem':7s} {m['static'] / 2**20:8.1f}M {mrow}")
+
+
+MODEL_ROWS = [("od_resnet50", 1, 16, 224), ("od_resnet50", 4, 16, 224), ("od_mobilenetv2_100", 1, 16, 224),
+              ("od_mobilenetv2_100", 4, 16, 224), ("od_resnet18", 1, 64, 32)]
+
+
+def model_variants(name, k, batch, res, device, train: bool):
+    static = timm.create_model(name.replace("od_", "static_"), num_classes=10).to(device)
+    od = timm.create_model(name, kernel_num=k, num_classes=10).to(device)
+    x = torch.randn(batch, 3, res, res, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+
+    def make(model, form=None):
+        model.train(train)
+
+        def fwd():
+            with use_formulation(form) if form else torch.enable_grad():
+                return F.cross_entropy(model(x), y)
+
+        def step():
+            if not train:
+                with torch.no_grad():
+                    return fwd()
+            loss = fwd()
+            loss.backward()
+            return loss
+        return step, (fwd if train else None), list(model.parameters())
+    return {"static": make(static), "released": make(od, "grouped"), "ours": make(od)}
+
+
+def run_models(args, device):
+    print(f"\n## Models: time and memory / static twin (min of {args.model_repeats})")
+    print(f"{'model':22s} {'K':>2s} {'batch':>5s} {'res':>4s} {'pass':10s} {'static ms':>10s} {'released':>9s} "
+          f"{'ours':>7s} {'mem rel':>8s} {'mem ours':>8s}")
+    rows = [r for r in MODEL_ROWS if not args.models or r[0] in args.models]
+    for name, k, batch, res in rows:
+        passes = [("train", batch)] + ([("eval", 1), ("eval", batch)] if k == 1 else [])
+        for kind, b in passes:
+            v = model_variants(name, k, b, res, device, kind == "train")
+            t, m = compare(v, device, args.model_repeats)
+            mem = (f"{m['released'] / m['static']:8.2f} {m['ours'] / m['static']:8.2f}"
+                   if kind == "train" and m["static"] else "")
+            print(f"{name:22s} {k:2d} {b:5d} {res:4d} {kind:10s} {t['static'] * 1e3:10.1f} "
+                  f"{t['released'] / t['static']:9.2f} {t['ours'] / t['static']:7.2f} {mem}", flush=True)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--section", choices=["layers", "models", "all"], default="all")
+    p.add_argument("--res", type=int, nargs="+", default=[224, 32], choices=sorted(SETTINGS))
+    p.add_argument("--quick", action="store_true", help=f"only the first {QUICK_SHAPES} non-trivial shapes")
+    p.add_argument("--formulations", nargs="*", default=list(FORMULATIONS), choices=FORMULATIONS)
+    p.add_argument("--zoo", nargs="+", default=list(ZOO), choices=ZOO, help="models whose layer shapes to run")
+    p.add_argument("--models", nargs="*", default=[], help="subset of model names for the models section")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--model-repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
+          f"command: {' '.join(sys.argv)}")
+    if args.section in ("layers", "all"):
+        run_layers(args, device)
+    if args.section in ("models", "all"):
+        run_models(args, device)
+
+
+if __name__ == "__main__":
+    main()
