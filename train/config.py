@@ -89,7 +89,8 @@ class TrainerConfig:
     amp: str = "none"  # none | bf16 | fp16 (fp16 uses a GradScaler and skips non-finite steps)
     channels_last: bool = False
     compile: bool = False
-    sync_bn: bool = False
+    sync_bn: bool = False  # CUDA only (torch's SyncBatchNorm has no CPU kernel)
+    freeze_bn: bool = False  # BatchNorm layers normalise with, and keep, their running statistics (fine-tuning)
     ema: bool = False
     ema_decay: float = 0.9998
     seed: int = 0
@@ -102,6 +103,7 @@ class TrainerConfig:
     limit_val_batches: Optional[int] = None
     stop_after_steps: Optional[int] = None  # debug: behave as if preempted after this many steps (save, exit)
     progress: bool = True  # rank-0 progress line
+    threads: Optional[int] = None  # torch intra-op threads per process; None = torch's default (all cores)
 
 
 @dataclass
@@ -214,13 +216,15 @@ def validate(cfg: DictConfig | TrainConfig, world_size: int = 1) -> TrainConfig:
     _positive("trainer.accum_steps", t.accum_steps)
     _choice("trainer.device", t.device, {"auto", "cpu", "cuda"})
     _choice("trainer.amp", t.amp, {"none", "bf16", "fp16"})
+    if t.sync_bn and world_size > 1 and t.device == "cpu":
+        raise ConfigError("trainer.sync_bn needs CUDA: torch's SyncBatchNorm has no CPU implementation")
     if not 0.0 < t.ema_decay < 1.0:
         raise ConfigError(f"trainer.ema_decay must be in (0, 1), got {t.ema_decay}")
     for key in ("eval_every", "log_every"):
         _positive(f"trainer.{key}", getattr(t, key))
     for key in ("keep_last", "save_every_steps"):
         _positive(f"trainer.{key}", getattr(t, key), allow_zero=True)
-    for key in ("limit_train_batches", "limit_val_batches", "stop_after_steps"):
+    for key in ("limit_train_batches", "limit_val_batches", "stop_after_steps", "threads"):
         if getattr(t, key) is not None:
             _positive(f"trainer.{key}", getattr(t, key))
     _choice("logger.wandb.mode", c.logger.wandb.mode, {"online", "offline", "disabled"})

@@ -85,10 +85,14 @@ def run(cfg) -> dict:
     distributed.export_launcher_env()
     c = validate(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1")))
     di = distributed.init(c.trainer.device)
+    threads = torch.get_num_threads()
     try:
+        if c.trainer.threads:
+            torch.set_num_threads(c.trainer.threads)
         _seed_everything(c.trainer.seed, c.trainer.deterministic)
         return evaluate_checkpoint(c, di) if c.mode == "eval" else _train(c, di)
     finally:
+        torch.set_num_threads(threads)  # tests call run() repeatedly in one process
         distributed.shutdown()
 
 
@@ -105,6 +109,8 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
 def _setup_model(c: TrainConfig, di: DistInfo, num_classes: int):
     model = build_model(c, num_classes)
     if c.trainer.sync_bn and di.world_size > 1:
+        if di.device.type != "cuda":
+            raise ConfigError("trainer.sync_bn needs CUDA: torch's SyncBatchNorm has no CPU implementation")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(di.device)
     if c.trainer.channels_last:
@@ -114,9 +120,9 @@ def _setup_model(c: TrainConfig, di: DistInfo, num_classes: int):
 
 
 def _train(c: TrainConfig, di: DistInfo) -> dict:
+    loaders = build_loaders(c, di)  # first: a missing dataset must stop the run before it creates a directory
     run_dir = resolve_run_dir(c, di)
     log = RunLogger(run_dir, di.is_main, c.trainer.progress)
-    loaders = build_loaders(c, di)
     model, ema = _setup_model(c, di, loaders.num_classes)
     torch.manual_seed(c.trainer.seed + di.rank)  # dropout masks differ between ranks, as their images do
     optimizer = build_optimizer(model, c)
@@ -180,6 +186,10 @@ def train_one_epoch(ctx: Ctx, state: State) -> str | None:
     batches = _epoch_batches(ctx, state)
     set_schedule_position(ctx.sched, state.epoch, state.step)
     ctx.net.train()
+    if t.freeze_bn:
+        for m in ctx.model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
     window_start, window_loss, window_steps = time.perf_counter(), 0.0, 0
     while state.batch < steps:
         temperature = ctx.temperature(state.step)

@@ -1,0 +1,50 @@
+"""Shared fixtures of the training-engine tests: config composition and a tiny, fast training config."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from train.config import register
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+# A run small enough for two CPU cores: a static ResNet18 on 16x16 digits, batches of 16, a few steps per epoch.
+# Static ResNet18 has BatchNorm; tests that compare process counts turn SyncBN on (see test_ddp.py).
+# One thread per process: the tests must not depend on how busy the machine's two cores are.
+TINY = [
+    "model=resnet18", "model.dropout=0.1", "data.img_size=16", "data.global_batch_size=16", "data.eval_batch_size=60",
+    "data.workers=0", "trainer.epochs=2", "trainer.limit_train_batches=4", "trainer.log_every=1",
+    "trainer.progress=false", "trainer.threads=1",
+]
+
+
+def compose_cfg(overrides: list[str] = ()):
+    register()
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One demo dataset for the whole session (written on first use by the data module)."""
+    return tmp_path_factory.mktemp("odconv-cache")
+
+
+@pytest.fixture
+def tiny(cache_dir, tmp_path) -> list[str]:
+    """Overrides of the tiny run, writing into this test's temporary directory."""
+    return TINY + [f"paths.cache_dir={cache_dir}", f"paths.runs_root={tmp_path / 'runs'}"]
+
+
+def run_train(args: list[str], *, cwd: Path = REPO, env: dict | None = None, timeout: float = 600,
+              launcher: list[str] | None = None, **popen) -> subprocess.CompletedProcess:
+    """`python train.py ARGS` (or `launcher ... train.py ARGS`) as a user runs it."""
+    cmd = (launcher or [sys.executable]) + [str(REPO / "train.py"), *args]
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled", **(env or {})}
+    return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout, **popen)

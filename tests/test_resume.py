@@ -1,0 +1,120 @@
+"""Checkpoints: a run stopped mid-epoch and resumed equals a run never stopped, bit for bit (CPU); SIGTERM saves and
+exits cleanly; a NaN loss stops without overwriting the last good checkpoint; mode=eval reproduces the metrics."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, TINY, compose_cfg, run_train
+from train.loop import NonFiniteLossError, run
+
+# ODConv ResNet18 with EMA and dropout: resume has to restore weights, optimizer, EMA, every RNG and the data position.
+RESUME = TINY + ["model=resnet18_od", "model.temperature_epochs=1", "trainer.ema=true", "trainer.ema_decay=0.9",
+                 "trainer.limit_val_batches=1"]
+
+
+def load_last(run_dir: Path) -> dict:
+    return torch.load(Path(run_dir) / "checkpoints" / "last.pt", weights_only=True)
+
+
+def assert_same_tensors(a: dict, b: dict, what: str) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{what}[{k}] differs"
+
+
+def train_records(run_dir: Path) -> list[tuple]:
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [(r["step"], r["loss"], r["temperature"]) for r in map(json.loads, lines) if r["kind"] == "train"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, cache_dir) -> Path:
+    """The uninterrupted run (8 steps over 2 epochs)."""
+    run_dir = tmp_path_factory.mktemp("reference")
+    summary = run(compose_cfg(RESUME + [f"paths.cache_dir={cache_dir}", f"paths.run_dir={run_dir}"]))
+    assert summary["status"] == "completed" and summary["step"] == 8
+    return run_dir
+
+
+def assert_equal_runs(a: Path, b: Path) -> None:
+    ca, cb = load_last(a), load_last(b)
+    assert (ca["epoch"], ca["batch"], ca["step"]) == (cb["epoch"], cb["batch"], cb["step"]) == (2, 0, 8)
+    assert_same_tensors(ca["model"], cb["model"], "model")
+    assert_same_tensors(ca["ema"], cb["ema"], "ema")
+    for sa, sb in zip(ca["optimizer"]["state"].values(), cb["optimizer"]["state"].values()):
+        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
+    assert train_records(a) == train_records(b)  # same losses and temperatures at every step, none logged twice
+
+
+@pytest.mark.slow
+def test_resume_mid_epoch_is_bit_exact(reference, cache_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    common = RESUME + [f"paths.cache_dir={cache_dir}", f"paths.run_dir={run_dir}"]
+    stopped = run(compose_cfg(common + ["trainer.stop_after_steps=3"]))  # step 3 of 4 in epoch 1
+    assert (stopped["status"], stopped["step"]) == ("preempted", 3)
+    assert (load_last(run_dir)["epoch"], load_last(run_dir)["batch"]) == (0, 3)
+    # Resumed with a loader worker process (the stopped part had none): augmentation is seeded per sample.
+    resumed = run(compose_cfg(common + ["data.workers=1"]))
+    assert resumed["status"] == "completed"
+    assert_equal_runs(reference, run_dir)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "epoch_0002.pt", "last.pt"]
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_cleanly_then_resumes_exactly(reference, cache_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    args = RESUME + [f"paths.cache_dir={cache_dir}", f"paths.run_dir={run_dir}", "trainer.progress=true"]
+    env = {"PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env={**__import__("os").environ,
+                            **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("epoch 1/2 [2/4]"):  # mid-epoch, the second step done
+            proc.send_signal(signal.SIGTERM)
+            break
+    out = "".join(lines) + proc.stdout.read()
+    assert proc.wait(timeout=300) == 0, out
+    assert "stopped by SIGTERM" in out and "Traceback" not in out
+    ck = load_last(run_dir)
+    assert ck["epoch"] == 0 and 2 <= ck["batch"] < 4
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "preempted"
+    proc = run_train(args)  # the same command again: auto-resume from the run directory
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "resuming from" in proc.stdout
+    assert_equal_runs(reference, run_dir)
+
+
+@pytest.mark.slow
+def test_eval_mode_reproduces_validation_of_our_and_released_checkpoints(reference, cache_dir, tmp_path):
+    val = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
+    last_val = [r for r in val if r["kind"] == "val" and not r.get("ema")][-1]
+    common = RESUME + [f"paths.cache_dir={cache_dir}", "mode=eval"]
+    ours = run(compose_cfg(common + [f"checkpoint={reference / 'checkpoints' / 'last.pt'}"]))
+    assert ours["model"]["top1"] == last_val["top1"] and ours["model"]["images"] == last_val["images"]
+    assert "ema" in ours
+    # The released format: {"state_dict": {"module.<key>": tensor}} from DataParallel training.
+    released = tmp_path / "released.pth.tar"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in load_last(reference)["model"].items()}}, released)
+    theirs = run(compose_cfg(common + [f"checkpoint={released}"]))
+    assert theirs["model"]["top1"] == pytest.approx(last_val["top1"], abs=100 / 60 + 1e-9)  # at temperature 1
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(cache_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = compose_cfg(TINY + [f"paths.cache_dir={cache_dir}", f"paths.run_dir={run_dir}", "optim.lr=1e30",
+                              "trainer.save_every_steps=1"])
+    with pytest.raises(NonFiniteLossError, match=r"^loss is (nan|inf) at epoch \d step (\d+); stopped without saving"):
+        run(cfg)
+    ck = load_last(run_dir)
+    assert all(torch.isfinite(t).all() for t in ck["model"].values() if t.is_floating_point())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and ck["step"] == summary["step"]
