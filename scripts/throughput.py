@@ -2,6 +2,7 @@
 
     python scripts/throughput.py --models od_resnet18:4 static_resnet18 --batch-size 16 --img-size 224
     python scripts/throughput.py --models none --data folder --data-root /data/imagenet --workers 0 4 8
+    python scripts/throughput.py --models none --data synthetic --workers 0 2   # ImageNet-sized JPEGs, made here
 
 Training step = forward + backward + optimizer step (SGD, momentum 0.9) on random tensors already on the device, so
 it measures compute only. Data pipeline = file decode + timm training transforms + DataLoader with N workers + collate,
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -67,7 +69,7 @@ def train_step_rate(model_spec: str, *, batch_size: int, img_size: int, steps: i
 
 
 def data_rate(fmt: str, root: str | None, *, workers: int, batch_size: int, img_size: int, batches: int,
-              strict: bool = False) -> dict:
+              strict: bool = False, label: str | None = None) -> dict:
     from torch.utils.data import DataLoader
 
     from train.data import build_datasets, build_transforms
@@ -89,7 +91,26 @@ def data_rate(fmt: str, root: str | None, *, workers: int, batch_size: int, img_
             break
     seconds = time.perf_counter() - start
     del it
-    return _row("data pipeline", f"{fmt}, {workers} workers", batch_size, img_size, done, seconds)
+    return _row("data pipeline", f"{label or fmt}, {workers} workers", batch_size, img_size, done, seconds)
+
+
+def synthetic_imagenet(root: Path, classes: int = 4, per_class: int = 40, seed: int = 0) -> Path:
+    """ImageNet-sized JPEGs (500x375, quality 90, smooth colour fields plus noise) in the folder layout, so the
+    decode + resize cost is measured where no ImageNet copy is at hand. Natural photos decode at a similar rate."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split in ("train", "val"):
+        for c in range(classes):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                coarse = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((500, 375),
+                                                                                                   Image.BICUBIC)
+                noisy = np.asarray(coarse, dtype=np.int16) + rng.integers(-12, 13, (375, 500, 3))
+                Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(folder / f"{i}.JPEG", quality=90)
+    return root
 
 
 def _sync(device: torch.device) -> None:
@@ -122,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
     parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--data", choices=["none", "demo", "folder", "wds"], default="demo")
+    parser.add_argument("--data", choices=["none", "demo", "folder", "wds", "synthetic"], default="demo",
+                        help="synthetic: ImageNet-sized JPEGs written to --data-root (default: a temporary folder)")
     parser.add_argument("--data-root", default=None, help="dataset root (folder/wds; demo: its cache folder)")
     parser.add_argument("--data-img-size", type=int, default=None, help="default: --img-size")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
@@ -157,10 +179,21 @@ def run(args: argparse.Namespace) -> list[dict]:
                                         channels_last=args.channels_last))
             print(format_table(rows[-1:]).splitlines()[-1], flush=True)
     if args.data != "none":
-        for workers in args.workers:
-            rows.append(data_rate(args.data, args.data_root, workers=workers, batch_size=args.batch_size,
-                                  img_size=args.data_img_size or args.img_size, batches=args.data_batches))
-            print(format_table(rows[-1:]).splitlines()[-1], flush=True)
+        fmt, root, made = args.data, args.data_root, None
+        if fmt == "synthetic":
+            import tempfile
+
+            made = None if args.data_root else Path(tempfile.mkdtemp(prefix="odconv-bench-"))
+            root, fmt = synthetic_imagenet(Path(args.data_root) if args.data_root else made), "folder"
+        try:
+            for workers in args.workers:
+                rows.append(data_rate(fmt, root, workers=workers, batch_size=args.batch_size,
+                                      img_size=args.data_img_size or args.img_size, batches=args.data_batches,
+                                      label=args.data))
+                print(format_table(rows[-1:]).splitlines()[-1], flush=True)
+        finally:
+            if made is not None:
+                shutil.rmtree(made, ignore_errors=True)
     return rows
 
 
