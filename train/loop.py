@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from omegaconf import OmegaConf
 from timm.utils import ModelEmaV3
 from torch import nn
@@ -29,6 +28,7 @@ from . import distributed
 from .builders import Loaders, build_loaders, build_model, resolve_run_dir
 from .config import ConfigError, TrainConfig, validate
 from .distributed import DistInfo
+from .evaluate import autocast, evaluate, evaluate_checkpoint
 from .optim import build_optimizer, build_scheduler, set_schedule_position
 from .runlog import RunLogger
 from .signals import StopRequest
@@ -73,11 +73,6 @@ class Ctx:
     def temperature(self, step: int) -> float:
         m = self.c.model
         return temperature_schedule(step + 1, self.loaders.steps_per_epoch, m.temperature_init, m.temperature_epochs)
-
-
-def autocast(c: TrainConfig, device: torch.device):
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(c.trainer.amp)
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 def run(cfg) -> dict:
@@ -164,7 +159,10 @@ def _train(c: TrainConfig, di: DistInfo) -> dict:
             _save(ctx, state, epoch_end=True, is_best=is_best)
     except NonFiniteLossError as e:
         status = "failed"
-        log.info(f"error: {e}")
+        log.error(str(e))
+        raise
+    except BaseException:
+        status = "failed"
         raise
     finally:
         summary = _summary(c, state, params, status)
@@ -272,28 +270,6 @@ def _skipped(ctx: Ctx) -> int:
     return int(distributed.all_reduce_sum([data_lib.skipped_images(ctx.loaders.train_dataset)], ctx.di.device)[0])
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device, autocast, limit: int | None = None) -> dict:
-    """Loss, top-1 and top-5 (percent) over the validation set, each image counted once across all ranks."""
-    model.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top-1 hits, top-5 hits, images
-    for i, batch in enumerate(loader):
-        if limit is not None and i >= limit:
-            break
-        if batch is None:  # every image of this batch was unreadable
-            continue
-        x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
-        with autocast():
-            logits = model(x).float()
-        hits = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(y[:, None])
-        sums += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(), hits[:, 0].sum().double(),
-                             hits.any(dim=1).sum().double(), torch.tensor(len(y), dtype=torch.float64,
-                                                                          device=device)])
-    loss, top1, top5, n = distributed.all_reduce_sum(sums.tolist(), device)
-    n = max(n, 1.0)
-    return {"loss": loss / n, "top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "images": int(n)}
-
-
 def _validate(ctx: Ctx, state: State) -> bool:
     """Evaluate the model (and its EMA), log, and say whether this is the best top-1 so far."""
     limit = ctx.c.trainer.limit_val_batches
@@ -360,33 +336,3 @@ def _summary(c: TrainConfig, state: State, params: int, status: str) -> dict:
                 best_top5=state.best_top5, final_top1=state.last_val.get("top1", math.nan),
                 final_top5=state.last_val.get("top5", math.nan), epochs=state.epoch,
                 global_batch_size=c.data.global_batch_size, status=status, step=state.step)
-
-
-def evaluate_checkpoint(c: TrainConfig, di: DistInfo) -> dict:
-    """mode=eval: top-1/top-5 of a checkpoint (ours, or a released one) on the configured validation set."""
-    import models
-
-    loaders = build_loaders(c, di)
-    model = build_model(c, loaders.num_classes)
-    try:
-        models.load_checkpoint(model, c.checkpoint)
-    except FileNotFoundError:
-        raise ConfigError(f"checkpoint {c.checkpoint} does not exist") from None
-    except ValueError as e:
-        raise ConfigError(f"checkpoint {c.checkpoint} does not fit model.name={c.model.name}: {e}") from None
-    ck = torch.load(c.checkpoint, map_location="cpu", weights_only=True)
-    # Released checkpoints are fully trained (temperature 1); ours record the temperature they were saved at.
-    set_temperature(model, float(ck.get("temperature", 1.0)) if isinstance(ck, dict) else 1.0)
-    model = model.to(di.device)
-    if c.trainer.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    amp = lambda: autocast(c, di.device)  # noqa: E731
-    results = {"model": evaluate(model, loaders.val, di.device, amp, c.trainer.limit_val_batches)}
-    if isinstance(ck, dict) and ck.get("ema"):
-        model.load_state_dict({k.removeprefix("module."): v for k, v in ck["ema"].items()})
-        results["ema"] = evaluate(model, loaders.val, di.device, amp, c.trainer.limit_val_batches)
-    if di.is_main:
-        for name, m in results.items():
-            print(f"{name}: top-1 {m['top1']:.2f}% top-5 {m['top5']:.2f}% loss {m['loss']:.4f} "
-                  f"({m['images']} images) | {c.checkpoint}", flush=True)
-    return results

@@ -43,6 +43,10 @@ class RunLogger:
         os.replace(tmp, path)
         self._metrics = open(path, "a", buffering=1)
 
+    def error(self, msg: str) -> None:
+        if self.is_main:
+            print(f"error: {msg}", file=sys.stderr, flush=True)
+
     def write_config(self, text: str) -> None:
         if self.is_main:
             (self.run_dir / "config.yaml").write_text(text)
@@ -88,7 +92,3 @@ class RunLogger:
             if self.wandb_run is not None:
                 self.wandb_run.finish()
                 self.wandb_run = None
-
-
-def error(msg: str) -> None:
-    print(f"error: {msg}", file=sys.stderr, flush=True)
