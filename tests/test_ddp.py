@@ -27,14 +27,19 @@ def val_record(run_dir: Path) -> dict:
 @pytest.mark.slow
 def test_two_processes_equal_one_process_with_the_same_global_batch(cache_dir, tmp_path):
     common = DDP + [f"paths.cache_dir={cache_dir}"]
-    one, two = tmp_path / "one", tmp_path / "two"
+    one = tmp_path / "one"
     p1 = run_train(common + [f"paths.run_dir={one}"])
     assert p1.returncode == 0, p1.stderr
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    p2 = run_train(common + [f"paths.run_dir={two}"], launcher=torchrun)
+    # No run directory given: rank 0 picks runs/<run_name>/<timestamp> and tells rank 1; started in an empty
+    # working directory to see that neither Hydra nor a rank writes anything else.
+    work = tmp_path / "work"
+    work.mkdir()
+    p2 = run_train(common + ["paths.runs_root=runs", "run_name=ddp"], launcher=torchrun, cwd=work)
     assert p2.returncode == 0, p2.stdout + p2.stderr
     assert "2 process(es) on cpu" in p2.stdout
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"], "one run directory for both ranks"
+    (two,) = (work / "runs" / "ddp").iterdir()
+    assert [p.name for p in work.iterdir()] == ["runs"] and [p.name for p in (work / "runs").iterdir()] == ["ddp"]
 
     w1 = torch.load(one / "checkpoints" / "last.pt", weights_only=True)["model"]
     w2 = torch.load(two / "checkpoints" / "last.pt", weights_only=True)["model"]
