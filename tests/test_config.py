@@ -24,6 +24,7 @@ def test_experiment_composes_with_released_recipe(name):
     from models.published import paper_row
 
     c = validate(compose_cfg([f"experiment={name}"]))
+    assert c.run_name == name  # runs/<experiment>/<timestamp>
     assert paper_row(c.model.name, c.model.kernel_num) is not None, f"{name} is not a row of the paper's table"
     assert (c.data.format, c.data.img_size, c.data.crop_pct, c.data.global_batch_size) == ("folder", 224, 0.875, 256)
     assert (c.optim.name, c.optim.momentum, c.data.label_smoothing, c.sched.warmup_epochs) == ("sgd", 0.9, 0.0, 0)
