@@ -86,11 +86,6 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True on every rank if it is true on one (a signal may reach only some ranks)."""
-    return all_reduce_sum([float(flag)], device)[0] > 0
-
-
 class ResumableSampler(Sampler):
     """Training order: one permutation per epoch of the whole dataset, cut into global batches; each rank takes
     its slice of every global batch. The union of what the ranks see at each step is the same for any world
