@@ -61,8 +61,12 @@ def folded_kernel(weight, channel, filt, spatial, kernel, groups: int) -> Tensor
     return w.view(b, *weight.shape[1:])
 
 
-def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
-    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+def _like_input(out: Tensor, x: Tensor) -> Tensor:
+    """The GEMM gives a channels_last result; follow the input's memory format as `F.conv2d` does, so the
+    layout does not leak into the next layers (and their gradients' strides, which DDP's buckets check)."""
+    if x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1:
+        return out
+    return out.contiguous()
 
 
 def _is_pointwise(kernel_size, stride, padding) -> bool:
@@ -76,14 +80,17 @@ def _engine_forward(engine, x, w, stride, padding, dilation, groups):
         out = F.conv2d(x.reshape(1, b * c, h, wd), w.reshape(b * o, *w.shape[2:]), None, stride, padding,
                        dilation, b * groups)
         return out.view(b, o, out.shape[-2], out.shape[-1])
-    ho = _out_size(h, kh, stride[0], padding[0], dilation[0])
-    wo = _out_size(wd, kw, stride[1], padding[1], dilation[1])
-    cols = x.flatten(2) if _is_pointwise((kh, kw), stride, padding) else F.unfold(x, (kh, kw), dilation, padding, stride)
     wm = w.reshape(b, o, -1)
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        # (B, L, O) rows are pixels: the result is channels_last, like a static conv's on such an input.
-        return torch.bmm(cols.transpose(1, 2), wm.transpose(1, 2)).transpose(1, 2).view(b, o, ho, wo)
-    return torch.bmm(wm, cols).view(b, o, ho, wo)
+    if _is_pointwise((kh, kw), stride, padding):
+        cols = x.flatten(2)  # (B, C, L), a view in either memory format
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            # Rows are pixels: the result is channels_last, like a static conv's on such an input.
+            return torch.bmm(cols.transpose(1, 2), wm.transpose(1, 2)).transpose(1, 2).view(b, o, h, wd)
+        return torch.bmm(wm, cols).view(b, o, h, wd)
+    cols = im2col_nhwc(x, (kh, kw), stride, padding, dilation)  # (B, Ho, Wo, C, T)
+    ho, wo = cols.shape[1:3]
+    out = torch.bmm(cols.view(b, ho * wo, -1), wm.transpose(1, 2))  # (B, L, O): channels_last
+    return _like_input(out.view(b, ho, wo, o).permute(0, 3, 1, 2), x)
 
 
 def _engine_backward(engine, x, w, grad_out, stride, padding, dilation, groups, need_x: bool):
@@ -97,15 +104,21 @@ def _engine_backward(engine, x, w, grad_out, stride, padding, dilation, groups, 
             b * groups, [need_x, True, False],
         )
         return (gx.view(b, c, h, wd) if need_x else None), gw.view(w.shape)
-    pointwise = _is_pointwise((kh, kw), stride, padding)
-    cols = x.flatten(2) if pointwise else F.unfold(x, (kh, kw), dilation, padding, stride)
-    g = grad_out.reshape(b, o, -1)
     wm = w.reshape(b, o, -1)
-    gw = torch.bmm(g, cols.transpose(1, 2)).view(w.shape)
+    g = grad_out.reshape(b, o, -1)
     gx = None
+    if _is_pointwise((kh, kw), stride, padding):
+        cols = x.flatten(2)
+        gw = torch.bmm(g, cols.transpose(1, 2)).view(w.shape)
+        if need_x:
+            gx = torch.bmm(wm.transpose(1, 2), g).view(b, c, h, wd)
+        return gx, gw
+    cols = im2col_nhwc(x, (kh, kw), stride, padding, dilation)
+    ho, wo = cols.shape[1:3]
+    gw = torch.bmm(g, cols.view(b, ho * wo, -1)).view(w.shape)
     if need_x:
-        gcols = torch.bmm(wm.transpose(1, 2), g)
-        gx = gcols.view(b, c, h, wd) if pointwise else F.fold(gcols, (h, wd), (kh, kw), dilation, padding, stride)
+        gcols = torch.bmm(g.transpose(1, 2), wm).view(b, ho, wo, c, kh * kw)
+        gx = _col2im_nhwc(gcols, x.shape, (kh, kw), stride, padding, dilation)
     return gx, gw
 
 
@@ -164,7 +177,7 @@ def odconv2d_folded(x, weight, channel, filt, spatial, kernel, stride, padding, 
 
 
 def _col2im_nhwc(grad_cols: Tensor, x_shape, kernel_size, stride, padding, dilation) -> Tensor:
-    """Adjoint of `im2col_nhwc`: (B, Ho, Wo, T, C) -> (B, C, H, W) (channels_last strides)."""
+    """Adjoint of `im2col_nhwc`: (B, Ho, Wo, C, T) -> (B, C, H, W) (channels_last strides)."""
     b, c, h, w = x_shape
     kh, kw = kernel_size
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
@@ -172,7 +185,7 @@ def _col2im_nhwc(grad_cols: Tensor, x_shape, kernel_size, stride, padding, dilat
     out = grad_cols.new_zeros(b, h + 2 * ph, w + 2 * pw, c)
     for t in range(kh * kw):
         i, j = divmod(t, kw)
-        out[:, i * dh: i * dh + sh * (ho - 1) + 1: sh, j * dw: j * dw + sw * (wo - 1) + 1: sw] += grad_cols[:, :, :, t]
+        out[:, i * dh: i * dh + sh * (ho - 1) + 1: sh, j * dw: j * dw + sw * (wo - 1) + 1: sw] += grad_cols[..., t]
     return out[:, ph: ph + h, pw: pw + w].permute(0, 3, 1, 2)
 
 
@@ -185,10 +198,10 @@ class ColumnsODConv(torch.autograd.Function):
         k, o, c = weight.shape[:3]
         b = x.shape[0]
         cols = im2col_nhwc(x, weight.shape[-2:], stride, padding, dilation)
-        _, ho, wo, t, _ = cols.shape
+        _, ho, wo, _, t = cols.shape
         scale = _columns_scale(channel, spatial, t)
-        wm = weight.permute(3, 4, 2, 0, 1).reshape(t * c, k * o).to(x.dtype)
-        z = (cols * scale[:, None, None].to(x.dtype)).reshape(b, ho * wo, t * c) @ wm  # (B, L, K*O)
+        wm = weight.reshape(k * o, c * t).t().to(x.dtype)
+        z = (cols * scale[:, None, None].to(x.dtype)).reshape(b, ho * wo, c * t) @ wm  # (B, L, K*O)
         mix = _mix(filt, kernel, b, k, o, x.dtype)
         if mix is None:
             out = z
@@ -198,7 +211,7 @@ class ColumnsODConv(torch.autograd.Function):
             out = (z.view(b, ho * wo, k, o) * mix[:, None]).sum(2)
         ctx.save_for_backward(x, weight, channel, filt, spatial, kernel, z)
         ctx.conf = (stride, padding, dilation)
-        return out.view(b, ho, wo, o).permute(0, 3, 1, 2)
+        return _like_input(out.view(b, ho, wo, o).permute(0, 3, 1, 2), x)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -207,7 +220,7 @@ class ColumnsODConv(torch.autograd.Function):
         k, o, c = weight.shape[:3]
         b = x.shape[0]
         cols = im2col_nhwc(x, weight.shape[-2:], stride, padding, dilation)
-        _, ho, wo, t, _ = cols.shape
+        _, ho, wo, _, t = cols.shape
         l = ho * wo
         g = grad_out.permute(0, 2, 3, 1).reshape(b, l, 1, o).to(z.dtype)
         z4 = z.view(b, l, k, o)
@@ -224,30 +237,29 @@ class ColumnsODConv(torch.autograd.Function):
             gz = (g * mix[:, None]).reshape(b, l, k * o)
         else:
             gz = g.reshape(b, l, o)
-        scale = _columns_scale(channel, spatial, t).to(x.dtype)  # (B, T, C)
-        wm = weight.permute(3, 4, 2, 0, 1).reshape(t * c, k * o).to(x.dtype)
+        scale = _columns_scale(channel, spatial, t).to(x.dtype)  # (B, C, T)
+        wm = weight.reshape(k * o, c * t).to(x.dtype)
         if ctx.needs_input_grad[1]:
-            cs = (cols * scale[:, None, None]).reshape(b * l, t * c)
-            g_weight = (cs.t() @ gz.reshape(b * l, k * o)).view(t, c, k, o)
-            g_weight = g_weight.view(*weight.shape[-2:], c, k, o).permute(3, 4, 2, 0, 1).to(weight.dtype)
-        gcs = (gz @ wm.t()).view(b, ho, wo, t, c)  # dL/d scaled columns
+            cs = (cols * scale[:, None, None]).reshape(b * l, c * t)
+            g_weight = (gz.reshape(b * l, k * o).t() @ cs).view(weight.shape).to(weight.dtype)
+        gcs = (gz @ wm).view(b, ho, wo, c, t)  # dL/d scaled columns
         acc = torch.promote_types(x.dtype, torch.float32)
-        gscale = torch.einsum("bhwtc,bhwtc->btc", gcs.to(acc), cols.to(acc))
+        gscale = torch.einsum("bhwct,bhwct->bct", gcs.to(acc), cols.to(acc))
         if ctx.needs_input_grad[2]:
-            g_channel = (gscale * spatial.reshape(b, t, 1) if spatial is not None else gscale).sum(1)
+            g_channel = (gscale * spatial.reshape(b, 1, t) if spatial is not None else gscale).sum(2)
             g_channel = g_channel.to(channel.dtype)
         if spatial is not None and ctx.needs_input_grad[4]:
-            g_spatial = (gscale * channel[:, None, :]).sum(2).view(spatial.shape).to(spatial.dtype)
+            g_spatial = (gscale * channel[:, :, None]).sum(1).view(spatial.shape).to(spatial.dtype)
         if ctx.needs_input_grad[0]:
             gx = _col2im_nhwc(gcs * scale[:, None, None], x.shape, weight.shape[-2:], stride, padding, dilation)
         return gx, g_weight, g_channel, g_filt, g_spatial, g_kernel, None, None, None
 
 
 def _columns_scale(channel: Tensor, spatial: Optional[Tensor], taps: int) -> Tensor:
-    """a_s (x) a_c per sample: (B, T, C), the factor on each column of the unfolded input."""
+    """a_c (x) a_s per sample: (B, C, T), the factor on each column of the unfolded input."""
     if spatial is None:
-        return channel[:, None, :]
-    return spatial.reshape(spatial.shape[0], taps, 1) * channel[:, None, :]
+        return channel[:, :, None]
+    return channel[:, :, None] * spatial.reshape(spatial.shape[0], 1, taps)
 
 
 def _mix(filt, kernel, b: int, k: int, o: int, dtype) -> Optional[Tensor]:

@@ -30,17 +30,45 @@ class LayerShape(NamedTuple):
     has_spatial: bool
 
 
+# Output-pixel thresholds of the CPU rules (per sample): below SMALL the shared GEMM over unfolded columns wins
+# (the per-sample kernel is then bigger than the feature maps); from LARGE up the folded grouped conv is within
+# ~1.2x of static (oneDNN's direct conv; unfolding there costs more than the GEMM).
+SMALL_PIXELS = 64
+LARGE_PIXELS = 784
+POINTWISE_BMM_PIXELS = 3136
+
+
 def choose(shape: LayerShape, device_type: str = "cpu", training: bool = True) -> str:
     """The formulation the rules pick for one layer call (plain Python on shapes: no graph break)."""
+    kh, kw = shape.kernel_size
+    (sh, sw) = shape.stride
+    pixels_in = shape.height * shape.width
+    pixels_out = ((shape.height - 1) // sh + 1) * ((shape.width - 1) // sw + 1)  # 'same'-padded output
     depthwise = shape.groups == shape.in_channels and shape.groups > 1
-    if not shape.has_spatial and shape.kernel_num == 1:
-        # 1x1 single kernel: the static conv between two elementwise scalings, no per-sample kernel.
-        return "feature"
+    pointwise = (kh, kw) == (1, 1) and (sh, sw) == (1, 1)
+    if depthwise:
+        # The per-sample kernel is tiny (B*C*kh*kw) and the grouped conv is an ordinary depthwise conv over B*C
+        # channels; folding every attention into it saves two passes over the feature maps and their memory.
+        return "folded"
     if shape.groups != 1:
-        # Depthwise: the per-sample kernel is tiny (B*C*kh*kw) and the grouped conv is an ordinary depthwise
-        # conv over B*C channels; folding all attentions into it saves two passes over the feature maps.
-        return "folded" if depthwise else "grouped"
-    return "columns"
+        return "grouped"
+    if shape.batch == 1:
+        # One sample: the folded kernel costs O*C*kh*kw multiplies and the conv is a plain static conv.
+        return "folded"
+    if device_type != "cpu":
+        # GPU plan (BENCHMARKS.md, unmeasured): cuDNN's grouped conv is slow for groups = B, batched GEMM
+        # (cuBLAS) is not, and unfolding costs bandwidth a GPU has.
+        return "columns" if pixels_out <= SMALL_PIXELS else "bmm"
+    if pointwise and pixels_in >= POINTWISE_BMM_PIXELS:
+        # Large 1x1 maps: one batched GEMM with all attentions in the per-sample kernel, no elementwise passes.
+        return "bmm"
+    if not shape.has_spatial and shape.kernel_num == 1:
+        return "feature"  # the static conv between two elementwise scalings
+    if pixels_out <= SMALL_PIXELS:
+        return "columns" if shape.has_spatial else "feature"
+    if pixels_out >= LARGE_PIXELS:
+        return "folded"
+    return "grouped"
 
 
 def _current_forced() -> Optional[str]:
@@ -61,7 +89,13 @@ def use_formulation(name: str) -> Iterator[None]:
 
 
 def resolve(layer_choice: Optional[str], shape: LayerShape, device_type: str, training: bool) -> str:
-    """The formulation a layer call uses: the layer's attribute, else `use_formulation`, else the rules."""
+    """The formulation a layer call uses: the layer's attribute, else `use_formulation`, else the rules.
+
+    A forced formulation that cannot compute the layer (e.g. "columns" on a depthwise conv) falls back to the
+    rules, so one setting can be applied to a whole model; `explain` shows what each layer ended up with.
+    """
+    if layer_choice is not None and layer_choice not in FORMULATIONS:
+        raise ValueError(f"Unknown ODConv formulation {layer_choice!r}, should be one of {list(FORMULATIONS)} or None")
     for name in (layer_choice, _current_forced()):
         if name is not None and supported(name, shape.groups, shape.has_spatial):
             return name

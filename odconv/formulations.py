@@ -84,38 +84,19 @@ def odconv2d_feature(x, weight, channel, filt, spatial, kernel, stride, padding,
 
 
 def im2col_nhwc(x: Tensor, kernel_size, stride, padding, dilation) -> Tensor:
-    """(B, Ho, Wo, kh*kw, C) patches, built from strided slices of the padded input in NHWC order.
+    """(B, Ho, Wo, C, kh*kw) patches (the order of a conv weight's (C, kh, kw) flattening), built from strided
+    slices of the padded input in NHWC layout.
 
-    `F.unfold` is several times slower than a 3x3 conv on CPU; stacking kh*kw slices is a plain copy.
+    `F.unfold` is several times slower than a 3x3 conv on CPU, and gathering from an NCHW tensor is slow too;
+    one transposition to NHWC then kh*kw slice copies is a few passes over memory.
     """
     kh, kw = kernel_size
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    xp = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
-    xp = xp.permute(0, 2, 3, 1)
+    xp = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+    if ph or pw:
+        xp = F.pad(xp, (0, 0, pw, pw, ph, ph))
     ho = (xp.shape[1] - dh * (kh - 1) - 1) // sh + 1
     wo = (xp.shape[2] - dw * (kw - 1) - 1) // sw + 1
     taps = [xp[:, i * dh: i * dh + sh * (ho - 1) + 1: sh, j * dw: j * dw + sw * (wo - 1) + 1: sw]
             for i in range(kh) for j in range(kw)]
-    return torch.stack(taps, dim=3)
-
-
-def odconv2d_columns(x, weight, channel, filt, spatial, kernel, stride, padding, dilation, groups) -> Tensor:
-    """im2col with the columns scaled by a_c * a_s, one GEMM shared by the batch against the K stacked kernels,
-    the K results mixed by a_k and scaled by a_f. Static MACs times K; returns a channels_last tensor."""
-    if groups != 1:
-        raise ValueError("the 'columns' formulation needs groups == 1")
-    k, o, c = weight.shape[:3]
-    b = x.shape[0]
-    cols = im2col_nhwc(x, weight.shape[-2:], stride, padding, dilation)  # (B, Ho, Wo, T, C)
-    _, ho, wo, t, _ = cols.shape
-    scale = channel[:, None, :] if spatial is None else spatial.reshape(b, t, 1) * channel[:, None, :]
-    cols = cols * scale[:, None, None].to(cols.dtype)
-    w = weight.permute(3, 4, 2, 0, 1).reshape(t * c, k * o)  # rows (tap, channel), columns (kernel, out)
-    z = cols.reshape(b, ho * wo, t * c) @ w.to(cols.dtype)  # (B, L, K*O)
-    if kernel is None:
-        mix = filt[:, None, :] if filt is not None else None
-        out = z if mix is None else z * mix
-    else:
-        mix = kernel[:, :, None] if filt is None else kernel[:, :, None] * filt[:, None, :]  # (B, K, O)
-        out = (z.view(b, ho * wo, k, o) * mix[:, None]).sum(2)
-    return out.view(b, ho, wo, o).permute(0, 3, 1, 2)
+    return torch.stack(taps, dim=-1)

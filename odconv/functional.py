@@ -6,9 +6,9 @@ from typing import Optional
 from torch import Tensor
 
 from .autograd import odconv2d_columns_saving, odconv2d_folded
-from .formulations import FORMULATIONS, aggregate_kernels, odconv2d_columns, odconv2d_feature, odconv2d_grouped, supported
+from .formulations import FORMULATIONS, aggregate_kernels, odconv2d_feature, odconv2d_grouped, supported
 
-__all__ = ["aggregate_kernels", "odconv2d", "odconv2d_columns", "odconv2d_feature", "odconv2d_folded", "odconv2d_grouped"]
+__all__ = ["aggregate_kernels", "odconv2d", "odconv2d_columns_saving", "odconv2d_feature", "odconv2d_folded", "odconv2d_grouped"]
 
 
 def odconv2d(
