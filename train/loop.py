@@ -128,7 +128,11 @@ def _train(c: TrainConfig, di: DistInfo) -> dict:
         torch.amp.GradScaler(di.device.type, enabled=c.trainer.amp == "fp16"),
         data_lib.build_criterion(mixup=mixup is not None, label_smoothing=c.data.label_smoothing),
         mixup, loaders, log, ckpt_lib.CheckpointDir(run_dir, c.trainer.keep_last), None)
-    state = _resume(ctx) if ctx.ckpts.last.is_file() else State()
+    # Rank 0 decides; every rank must then read the same file, so the run directory has to be shared between nodes.
+    resume = distributed.broadcast_object(ctx.ckpts.last.is_file())
+    if resume and distributed.all_reduce_sum([float(not ctx.ckpts.last.is_file())], di.device)[0]:
+        raise ConfigError(f"{ctx.ckpts.last} is not visible on every node: put paths.run_dir on a shared filesystem")
+    state = _resume(ctx) if resume else State()
     if di.world_size > 1:
         ctx.net = DistributedDataParallel(model, device_ids=[di.local_rank] if di.device.type == "cuda" else None)
     if c.trainer.compile:
