@@ -77,3 +77,18 @@ def test_config_mistakes_stop_with_one_message_and_no_traceback(args, message, t
     if message.startswith("error:"):  # our own checks: exactly one line
         assert proc.stderr.strip().count("\n") == 0, proc.stderr
     assert not list(Path(tmp_path).rglob("*.pt")), "no work must be done before the config is checked"
+
+
+def test_slurm_launcher_config_requeues_and_signals_before_the_limit():
+    from hydra import compose, initialize_config_dir
+
+    from train.config import register
+
+    register()
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", "experiment=resnet50_od4x"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.tasks_per_node == launcher.gpus_per_node == 8  # one training process per GPU
+    assert launcher.max_num_timeout > 0 and launcher.signal_delay_s > 0  # requeue, with time to write a checkpoint
+    assert cfg.hydra.sweep.subdir == "${hydra.job.num}" and cfg.hydra.output_subdir is None
