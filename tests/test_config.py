@@ -91,4 +91,4 @@ def test_slurm_launcher_config_requeues_and_signals_before_the_limit():
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.tasks_per_node == launcher.gpus_per_node == 8  # one training process per GPU
     assert launcher.max_num_timeout > 0 and launcher.signal_delay_s > 0  # requeue, with time to write a checkpoint
-    assert cfg.hydra.sweep.subdir == "${hydra.job.num}" and cfg.hydra.output_subdir is None
+    assert cfg.hydra.output_subdir is None and not cfg.hydra.job.chdir  # no per-process directories
