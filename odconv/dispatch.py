@@ -1,8 +1,18 @@
 """Which formulation computes an ODConv layer: the rules, a way to force one, and a per-layer report.
 
-Rules (measured on 2 CPU cores, torch 2.14.1, see BENCHMARKS.md "ODConv operator and models"; forward+backward
-over the zoo's layer shapes at 224px batch 16 and 32px batch 64):
-RULES_DOC
+Rules, from forward and forward+backward timings of the zoo's layer shapes (224px batch 16, 32px batch 64) on this
+project's 2-core CPU machine, torch 2.14.1 (BENCHMARKS.md, "ODConv operator and models"):
+
+- depthwise: ``folded`` (the grouped conv over B*C channels is an ordinary depthwise conv; same time as released,
+  no per-sample kernel kept for backward); other grouped convs: ``grouped``.
+- batch 1 with spatial or kernel attention: ``folded`` (a static conv with a kernel built from O*C*kh*kw
+  multiplies).
+- 1x1 on >= 56x56 maps: ``bmm`` (one batched GEMM, all attentions inside the per-sample kernel); other 1x1 with
+  K = 1: ``feature`` (the static conv between two scalings).
+- otherwise by output pixels per sample: <= 64 ``columns`` (or ``feature`` for 1x1), >= 784 ``folded``, between
+  ``grouped``. Small maps are where the per-sample kernel outweighs the feature maps and the grouped conv's
+  B*groups tiny convolutions are slowest (released: 10-300x the static conv there).
+- CUDA/other devices: ``columns`` for <= 64 output pixels, else ``bmm`` (the GPU plan; not measured yet).
 """
 from __future__ import annotations
 
@@ -52,7 +62,7 @@ def choose(shape: LayerShape, device_type: str = "cpu", training: bool = True) -
         return "folded"
     if shape.groups != 1:
         return "grouped"
-    if shape.batch == 1:
+    if shape.batch == 1 and (shape.has_spatial or shape.kernel_num > 1):
         # One sample: the folded kernel costs O*C*kh*kw multiplies and the conv is a plain static conv.
         return "folded"
     if device_type != "cpu":
