@@ -79,15 +79,15 @@ def _write_json(obj: dict, path: Path) -> None:
     os.replace(tmp, path)  # a reader never sees half a file
 
 
-def make_demo_coco(root: str = DEFAULT_ROOT, num_train: int = 400, num_val: int = 100, size: int = 128,
+def make_demo_coco(root: str = DEFAULT_ROOT, num_train: int = 400, num_val: int = 100, size: int = 64,
                    seed: int = 0) -> Path:
     """Write the demo set under `root` (deterministic for a given seed) and return `root`."""
     from sklearn.datasets import load_digits  # bundled with scikit-learn, no download
 
     if num_train < 1 or num_val < 1:
         raise ValueError(f"num_train and num_val must be >= 1, got {num_train} and {num_val}")
-    if size < 48:
-        raise ValueError(f"size must be >= 48 pixels so digits fit, got {size}")
+    if size < 32:
+        raise ValueError(f"size must be >= 32 pixels so digits fit, got {size}")
     digits = load_digits()
     # Disjoint scans for train and val: val measures reading new handwriting, not recalling pasted copies.
     cut = int(0.75 * len(digits.images))
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=DEFAULT_ROOT, help="output directory (default: %(default)s)")
     parser.add_argument("--train", type=int, default=400, help="number of training images")
     parser.add_argument("--val", type=int, default=100, help="number of validation images")
-    parser.add_argument("--size", type=int, default=128, help="canvas side in pixels")
+    parser.add_argument("--size", type=int, default=64, help="canvas side in pixels")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     out = make_demo_coco(args.out, args.train, args.val, args.size, args.seed)
