@@ -1,5 +1,6 @@
 """Fixes for running mmengine 0.10 / mmcv 2.1 / mmdet 3.3 on current torch, applied on import (never by editing
-site-packages). Everything else in `detection/` imports the registry from here so the fixes are always in place.
+site-packages). `detection.train` / `detection.test` import this before reading a config: the `mmdet::` base
+configs are resolved before a config's own `custom_imports` run.
 
 - torch >= 2.6 loads checkpoints with `weights_only=True`, and mmengine's own checkpoints carry its
   `HistoryBuffer` objects and numpy arrays in `message_hub`, so `load_from` / `resume` fail to unpickle.

@@ -10,3 +10,4 @@ fi
 "$venv/bin/python" -m pip install -q --upgrade "pip<26"
 "$venv/bin/python" -m pip install -q -r requirements.txt
 "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
+bash scripts/setup_mmdet.sh "$venv"  # detection stack: mmcv 2.1.0 built once per machine, then mmengine + mmdet 3.3.0
