@@ -255,6 +255,8 @@ def run_models(args, device):
     for name, k, batch, res in rows:
         passes = [("train", batch)] + ([("eval", 1), ("eval", batch)] if k == 1 else [])
         for kind, b in passes:
+            if args.passes and f"{kind}{b}" not in args.passes:
+                continue
             v = model_variants(name, k, b, res, device, kind == "train")
             t, m = compare(v, device, args.model_repeats)
             mem = (f"{m['released'] / m['static']:8.2f} {m['ours'] / m['static']:8.2f}"
@@ -272,6 +274,7 @@ def main(argv=None) -> None:
     p.add_argument("--formulations", nargs="*", default=list(FORMULATIONS), choices=FORMULATIONS)
     p.add_argument("--zoo", nargs="+", default=list(ZOO), choices=ZOO, help="models whose layer shapes to run")
     p.add_argument("--models", nargs="*", default=[], help="subset of model names for the models section")
+    p.add_argument("--passes", nargs="*", default=[], help="subset of model passes, e.g. train16 eval1 eval64")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--model-repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
