@@ -7,12 +7,13 @@ project's 2-core CPU machine, torch 2.14.1 (BENCHMARKS.md, "ODConv operator and 
   no per-sample kernel kept for backward); other grouped convs: ``grouped``.
 - batch 1: ``grouped``, the released formulation, which is then a static conv with a kernel built from one pass
   over O*C*kh*kw (measured: od_resnet50 eval at batch 1, folded 0.16 s, grouped 0.13 s, static 0.10 s).
-- 1x1 on >= 56x56 maps: ``bmm`` (one batched GEMM, all attentions inside the per-sample kernel); other 1x1 with
-  K = 1: ``feature`` (the static conv between two scalings).
-- otherwise by output pixels per sample: <= 64 ``columns`` (or ``feature`` for 1x1), >= 784 ``folded``, between
-  ``grouped``. Small maps are where the per-sample kernel outweighs the feature maps and the grouped conv's
-  B*groups tiny convolutions are slowest (released: 10-300x the static conv there).
-- CUDA/other devices: ``columns`` for <= 64 output pixels, else ``bmm`` (the GPU plan; not measured yet).
+- 1x1, K = 1: ``bmm`` from 56x56 up (one batched GEMM, all attentions inside the per-sample kernel), else
+  ``feature`` (the static conv between two scalings). 1x1, K > 1: ``bmm`` from 28x28 up, else ``grouped``.
+- kh x kw with spatial attention: ``columns`` where out_channels >= 4 * output pixels (the per-sample kernel
+  dwarfs the feature maps and the grouped conv's B tiny convolutions are slowest: released is 10-300x the static
+  conv there), else ``folded`` from 28x28 outputs up, ``grouped`` between.
+- CUDA/other devices: ``columns`` where out_channels >= 4 * output pixels, else ``bmm`` (the GPU plan; not
+  measured yet).
 """
 from __future__ import annotations
 
@@ -40,12 +41,10 @@ class LayerShape(NamedTuple):
     has_spatial: bool
 
 
-# Output-pixel thresholds of the CPU rules (per sample): below SMALL the shared GEMM over unfolded columns wins
-# (the per-sample kernel is then bigger than the feature maps); from LARGE up the folded grouped conv is within
-# ~1.2x of static (oneDNN's direct conv; unfolding there costs more than the GEMM).
-SMALL_PIXELS = 64
-LARGE_PIXELS = 784
-POINTWISE_BMM_PIXELS = 3136
+# Thresholds of the CPU rules, from the layer table in BENCHMARKS.md. Pixels are per sample.
+LARGE_PIXELS = 784  # from 28x28 outputs up, oneDNN's grouped conv with the folded kernel is within ~1.2-1.5x of static
+POINTWISE_BMM_PIXELS = 3136  # 1x1 with K = 1: the batched GEMM beats the static conv from 56x56 up
+COLUMNS_CHANNEL_RATIO = 4  # the shared GEMM wins once the per-sample kernel (O*C*kh*kw) dwarfs the input (C*H*W)
 
 
 def choose(shape: LayerShape, device_type: str = "cpu", training: bool = True) -> str:
@@ -66,20 +65,19 @@ def choose(shape: LayerShape, device_type: str = "cpu", training: bool = True) -
         # One sample: the grouped conv is a plain static conv. Folding a_c and a_f into the kernel as well costs
         # more than scaling the small feature maps (3 passes over O*C*kh*kw vs a conv of O*C*kh*kw*H*W MACs).
         return "grouped"
+    small = shape.out_channels >= COLUMNS_CHANNEL_RATIO * pixels_out
     if device_type != "cpu":
         # GPU plan (BENCHMARKS.md, unmeasured): cuDNN's grouped conv is slow for groups = B, batched GEMM
         # (cuBLAS) is not, and unfolding costs bandwidth a GPU has.
-        return "columns" if pixels_out <= SMALL_PIXELS else "bmm"
-    if pointwise and pixels_in >= POINTWISE_BMM_PIXELS:
-        # Large 1x1 maps: one batched GEMM with all attentions in the per-sample kernel, no elementwise passes.
-        return "bmm"
-    if not shape.has_spatial and shape.kernel_num == 1:
-        return "feature"  # the static conv between two elementwise scalings
-    if pixels_out <= SMALL_PIXELS:
-        return "columns" if shape.has_spatial else "feature"
-    if pixels_out >= LARGE_PIXELS:
-        return "folded"
-    return "grouped"
+        return "columns" if small else "bmm"
+    if pointwise and shape.kernel_num == 1:
+        # Large maps: one batched GEMM, all attentions in the per-sample kernel, no elementwise passes.
+        return "bmm" if pixels_in >= POINTWISE_BMM_PIXELS else "feature"
+    if pointwise:
+        return "bmm" if pixels_in >= LARGE_PIXELS else "grouped"
+    if small and shape.has_spatial:
+        return "columns"
+    return "folded" if pixels_out >= LARGE_PIXELS else "grouped"
 
 
 def _current_forced() -> Optional[str]:
