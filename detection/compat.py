@@ -5,7 +5,9 @@ configs are resolved before a config's own `custom_imports` run.
 - torch >= 2.6 loads checkpoints with `weights_only=True`, and mmengine's own checkpoints carry its
   `HistoryBuffer` objects and numpy arrays in `message_hub`, so `load_from` / `resume` fail to unpickle.
   We re-register mmengine's local-file loader to keep `weights_only=True` (no arbitrary code from a checkpoint)
-  while allowing exactly the few classes mmengine itself writes.
+  while allowing exactly the few classes mmengine itself writes. Its `HistoryBuffer` also pickled its built-in
+  statistics methods as `getattr(HistoryBuffer, "min")`, and allowing `getattr` would allow anything; those
+  built-ins are now restored on load instead of stored (statistics registered by users are not carried over).
 - mmengine finds `mmdet::` base configs through `pkg_resources`, which setuptools >= 81 no longer ships (and torch
   needs setuptools >= 77): its two package look-ups are replaced with `importlib` equivalents.
 - Under torchrun, mmengine calls `torch.cuda.set_device` before joining the process group, which fails on a
@@ -49,6 +51,25 @@ def load_from_local(filename: str, map_location=None):
 
 
 CheckpointLoader.register_scheme(prefixes="", loader=load_from_local, force=True)
+
+_BUILTIN_STATISTICS = ("min", "max", "current", "mean")
+_history_buffer_setstate = HistoryBuffer.__setstate__
+
+
+def _getstate(self: HistoryBuffer) -> dict:
+    state = dict(self.__dict__)
+    state.pop("statistics_methods", None)
+    return state
+
+
+def _setstate(self: HistoryBuffer, state: dict) -> None:
+    for name in _BUILTIN_STATISTICS:
+        HistoryBuffer._statistics_methods.setdefault(name, getattr(HistoryBuffer, name))
+    _history_buffer_setstate(self, state)
+
+
+HistoryBuffer.__getstate__ = _getstate
+HistoryBuffer.__setstate__ = _setstate
 
 
 def is_installed(package: str) -> bool:
