@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 
 .PHONY: train test test-fast complexity bench setup
 
-$(VENV)/.ready: requirements.txt pyproject.toml scripts/setup_env.sh
+$(VENV)/.ready: requirements.txt pyproject.toml scripts/setup_env.sh scripts/setup_mmdet.sh
 	bash scripts/setup_env.sh $(VENV)
 	touch $@
 
