@@ -1,17 +1,5 @@
-# Demo-sized twin of ../mask-rcnn_od4x-mobilenetv2-100_fpn_1x_coco.py for the digits demo set: MobileNetV2 (0.5x) + ODConv (4x) backbone,
-# trained from random init (no ImageNet weights here, so BN statistics train too), thin FPN and heads, 10 classes.
-_base_ = ['../models/mask-rcnn_od4x-mobilenetv2-100_fpn.py', './_base_/demo_instance.py']
+# Demo-sized twin of ../mask-rcnn_od4x-mobilenetv2-100_fpn_1x_coco.py: the static twin's demo config (MobileNetV2 0.5x,
+# thin FPN and heads, 10 classes, random init) with the backbone turned into MobileNetV2 + ODConv (4x).
+_base_ = './mask-rcnn_mobilenetv2-100_fpn_demo.py'
 
-model = dict(
-    backbone=dict(widen_factor=0.5, frozen_stages=-1, norm_eval=False, init_cfg=None),
-    neck=dict(in_channels=[16, 16, 48, 1280], out_channels=64),
-    rpn_head=dict(in_channels=64, feat_channels=64, anchor_generator=dict(scales=[4])),  # digits are 10-21 px
-    roi_head=dict(
-        bbox_roi_extractor=dict(out_channels=64),
-        bbox_head=dict(in_channels=64, fc_out_channels=256, num_classes=10),
-        mask_roi_extractor=dict(out_channels=64),
-        mask_head=dict(in_channels=64, conv_out_channels=64, num_classes=10),
-    ),
-    # Fewer proposals and RoIs than COCO's 2000/512: a handful of digits per image, and a CPU.
-    train_cfg=dict(rpn_proposal=dict(nms_pre=500, max_per_img=300), rcnn=dict(sampler=dict(num=128))),
-    test_cfg=dict(rpn=dict(nms_pre=500, max_per_img=300)))
+model = dict(backbone=dict(type='OD_MobileNetV2', kernel_num=4, reduction=0.0625))

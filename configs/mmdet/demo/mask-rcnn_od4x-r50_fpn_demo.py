@@ -1,17 +1,5 @@
-# Demo-sized twin of ../mask-rcnn_od4x-r50_fpn_1x_coco.py for the digits demo set: ResNet18 + ODConv (4x) backbone,
-# trained from random init (no ImageNet weights here, so BN statistics train too), thin FPN and heads, 10 classes.
-_base_ = ['../models/mask-rcnn_od4x-r50_fpn.py', './_base_/demo_instance.py']
+# Demo-sized twin of ../mask-rcnn_od4x-r50_fpn_1x_coco.py: the static twin's demo config (ResNet18, thin FPN and heads,
+# 10 classes, random init) with the backbone turned into ResNet18 + ODConv (4x); everything else is shared.
+_base_ = './mask-rcnn_r50_fpn_demo.py'
 
-model = dict(
-    backbone=dict(depth=18, frozen_stages=-1, norm_eval=False, init_cfg=None),
-    neck=dict(in_channels=[64, 128, 256, 512], out_channels=64),
-    rpn_head=dict(in_channels=64, feat_channels=64, anchor_generator=dict(scales=[4])),  # digits are 10-21 px
-    roi_head=dict(
-        bbox_roi_extractor=dict(out_channels=64),
-        bbox_head=dict(in_channels=64, fc_out_channels=256, num_classes=10),
-        mask_roi_extractor=dict(out_channels=64),
-        mask_head=dict(in_channels=64, conv_out_channels=64, num_classes=10),
-    ),
-    # Fewer proposals and RoIs than COCO's 2000/512: a handful of digits per image, and a CPU.
-    train_cfg=dict(rpn_proposal=dict(nms_pre=500, max_per_img=300), rcnn=dict(sampler=dict(num=128))),
-    test_cfg=dict(rpn=dict(nms_pre=500, max_per_img=300)))
+model = dict(backbone=dict(type='OD_ResNet', kernel_num=4, reduction=0.0625))
