@@ -70,16 +70,29 @@ class ODAttention(nn.Module):
     def update_temperature(self, temperature: float) -> None:
         self.temperature.fill_(float(temperature))
 
+    def _heads(self) -> list[nn.Conv2d]:
+        return [h for h in (self.channel_fc, self.filter_fc, self.spatial_fc, self.kernel_fc) if h is not None]
+
     def forward(self, x: Tensor) -> Attentions:
         b = x.shape[0]
-        s = F.relu(self.bn(self.fc(F.adaptive_avg_pool2d(x, 1))))
-        t = self.temperature
-        channel = torch.sigmoid(self.channel_fc(s).view(b, -1) / t)
-        filt = None if self.filter_fc is None else torch.sigmoid(self.filter_fc(s).view(b, -1) / t)
-        spatial = None
-        if self.spatial_fc is not None:
-            spatial = torch.sigmoid(self.spatial_fc(s).view(b, *self.kernel_size) / t)
-        kernel = None if self.kernel_fc is None else torch.softmax(self.kernel_fc(s).view(b, -1) / t, dim=1)
+        s = F.linear(x.mean((2, 3)), self.fc.weight.flatten(1))  # GAP, then the squeeze fc
+        s = F.relu(self.bn(s.view(b, -1, 1, 1))).view(b, -1)
+        # The four heads as one GEMM over their concatenated weights, one division by the temperature and one
+        # sigmoid over channel, filter and spatial logits together: a layer's attention branch is a dozen
+        # small ops instead of twenty, and in eager mode each op costs more than its arithmetic (batch 1,
+        # small maps). Parameters and results are those of the released per-head 1x1 convs.
+        heads = self._heads()
+        weight = torch.cat([h.weight.flatten(1) for h in heads])
+        bias = torch.cat([h.bias for h in heads])
+        logits = F.linear(s, weight, bias) / self.temperature
+        c, o = self.channel_fc.out_channels, self.filter_fc.out_channels if self.filter_fc is not None else 0
+        kh, kw = self.kernel_size
+        t = kh * kw if self.spatial_fc is not None else 0
+        gates = torch.sigmoid(logits[:, : c + o + t])
+        channel = gates[:, :c]
+        filt = gates[:, c: c + o] if self.filter_fc is not None else None
+        spatial = gates[:, c + o: c + o + t].view(b, kh, kw) if self.spatial_fc is not None else None
+        kernel = torch.softmax(logits[:, c + o + t:], dim=1) if self.kernel_fc is not None else None
         return Attentions(channel, filt, spatial, kernel)
 
     def extra_repr(self) -> str:

@@ -43,7 +43,6 @@ class LayerShape(NamedTuple):
 
 # Thresholds of the CPU rules, from the layer table in BENCHMARKS.md. Pixels are per sample.
 LARGE_PIXELS = 784  # from 28x28 outputs up, oneDNN's grouped conv with the folded kernel is within ~1.2-1.5x of static
-POINTWISE_BMM_PIXELS = 3136  # 1x1 with K = 1: the batched GEMM beats the static conv from 56x56 up
 COLUMNS_CHANNEL_RATIO = 4  # the shared GEMM wins once the per-sample kernel (O*C*kh*kw) dwarfs the input (C*H*W)
 
 
@@ -70,11 +69,18 @@ def choose(shape: LayerShape, device_type: str = "cpu", training: bool = True) -
         # GPU plan (BENCHMARKS.md, unmeasured): cuDNN's grouped conv is slow for groups = B, batched GEMM
         # (cuBLAS) is not, and unfolding costs bandwidth a GPU has.
         return "columns" if small else "bmm"
-    if pointwise and shape.kernel_num == 1:
-        # Large maps: one batched GEMM, all attentions in the per-sample kernel, no elementwise passes.
-        return "bmm" if pixels_in >= POINTWISE_BMM_PIXELS else "feature"
     if pointwise:
-        return "bmm" if pixels_in >= LARGE_PIXELS else "grouped"
+        if pixels_in >= LARGE_PIXELS:
+            # Large maps: one batched GEMM, all attentions in the per-sample kernel, no elementwise passes.
+            return "bmm"
+        if shape.kernel_num == 1 or small:
+            # The static conv between two scalings (K stacked kernels for K > 1, where the per-sample kernel
+            # would dwarf the maps).
+            return "feature"
+        return "grouped"
+    if shape.has_spatial and shape.kernel_num == 1 and (sh, sw) == (1, 1) and pixels_out < LARGE_PIXELS:
+        # One shared GEMM with the static conv's MACs, the attentions only weight kh*kw shifted additions.
+        return "taps"
     if small and shape.has_spatial:
         return "columns"
     return "folded" if pixels_out >= LARGE_PIXELS else "grouped"

@@ -14,8 +14,12 @@ kernel's four dimensions). A missing attention (None) is 1.
   (im2col; a free view for 1x1 stride-1 kernels). No grouped convolution, whose CPU kernels are slow for
   many groups; the columns are recomputed in the backward pass. ``groups == 1`` only.
 - ``feature``: the attentions on the feature maps: a_c on the input, a_f on the output, and for K > 1 one static
-  conv with all K kernels stacked along the output channels, summed with a_k. No per-sample kernel at all,
-  K times the MACs. Only for layers without spatial attention (1x1 kernels); for 1x1 K=1 it is the static conv.
+  conv with all K kernels stacked along the output channels, summed with a_k (odconv/feature.py). No per-sample
+  kernel at all, K times the MACs. Only for layers without spatial attention (1x1 kernels).
+- ``columns``: the input unfolded (im2col, NHWC) and scaled by a_c x a_s, one GEMM shared by the batch against
+  the K stacked kernels, mixed by a_k x a_f (odconv/autograd.py). ``groups == 1`` only.
+- ``taps``: one GEMM shared by the batch giving every tap's output at every pixel, then kh*kw*K shifted
+  additions weighted by a_k x a_s x a_f (odconv/taps.py). ``groups == 1`` only.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-FORMULATIONS = ("grouped", "folded", "bmm", "feature", "columns")
+FORMULATIONS = ("grouped", "folded", "bmm", "feature", "columns", "taps")
 
 
 def aggregate_kernels(weight: Tensor, spatial: Optional[Tensor], kernel: Optional[Tensor]) -> Tensor:
@@ -41,7 +45,7 @@ def aggregate_kernels(weight: Tensor, spatial: Optional[Tensor], kernel: Optiona
 
 def supported(name: str, groups: int, has_spatial: bool) -> bool:
     """Whether formulation `name` can compute a layer with these groups and spatial attention."""
-    if name in ("bmm", "columns"):
+    if name in ("bmm", "columns", "taps"):
         return groups == 1
     if name == "feature":
         return not has_spatial
@@ -59,25 +63,6 @@ def odconv2d_grouped(x, weight, channel, filt, spatial, kernel, stride, padding,
         agg = aggregate_kernels(weight, spatial, kernel).reshape(-1, *weight.shape[2:])  # (B*O, I/g, kh, kw)
         out = F.conv2d(x.reshape(1, b * c, h, w_), agg, None, stride, padding, dilation, groups * b)
         out = out.view(b, -1, out.shape[-2], out.shape[-1])
-    if filt is not None:
-        out = out * filt[:, :, None, None]
-    return out
-
-
-def odconv2d_feature(x, weight, channel, filt, spatial, kernel, stride, padding, dilation, groups) -> Tensor:
-    """Attentions on the feature maps; K stacked kernels in one static conv. Needs `spatial is None`."""
-    if spatial is not None:
-        raise ValueError("the 'feature' formulation needs a layer without spatial attention (a 1x1 kernel)")
-    x = x * channel[:, :, None, None]
-    k, o = weight.shape[:2]
-    if kernel is None:
-        out = F.conv2d(x, weight[0], None, stride, padding, dilation, groups)
-    else:
-        # Stack as (O, K) so each group of the conv sees its own output channels of all K kernels.
-        w = weight.transpose(0, 1).reshape(o * k, *weight.shape[2:])
-        out = F.conv2d(x, w, None, stride, padding, dilation, groups)
-        b, _, ho, wo = out.shape
-        out = torch.einsum("bokhw,bk->bohw", out.view(b, o, k, ho, wo), kernel)
     if filt is not None:
         out = out * filt[:, :, None, None]
     return out

@@ -6,9 +6,12 @@ from typing import Optional
 from torch import Tensor
 
 from .autograd import odconv2d_columns_saving, odconv2d_folded
-from .formulations import FORMULATIONS, aggregate_kernels, odconv2d_feature, odconv2d_grouped, supported
+from .feature import odconv2d_feature
+from .formulations import FORMULATIONS, aggregate_kernels, odconv2d_grouped, supported
+from .taps import odconv2d_taps
 
-__all__ = ["aggregate_kernels", "odconv2d", "odconv2d_columns_saving", "odconv2d_feature", "odconv2d_folded", "odconv2d_grouped"]
+__all__ = ["aggregate_kernels", "odconv2d", "odconv2d_columns_saving", "odconv2d_feature", "odconv2d_folded",
+           "odconv2d_grouped", "odconv2d_taps"]
 
 
 def odconv2d(
@@ -39,6 +42,8 @@ def odconv2d(
         out = odconv2d_grouped(*args)
     elif formulation == "columns":
         out = odconv2d_columns_saving(*args)
+    elif formulation == "taps":
+        out = odconv2d_taps(*args)
     elif formulation == "feature":
         out = odconv2d_feature(*args)
     else:

@@ -24,6 +24,9 @@ FAST_SHAPES = dict(SHAPES, **{
     "3x3-k1-stride2-odd": (8, 16, 3, 2, 1, 1, 1, 1, 4, 7, 5),
     "1x1-k4-stride2": (16, 8, 1, 2, 0, 1, 1, 4, 4, 7, 7),
     "3x3-no-padding": (8, 8, 3, 1, 0, 1, 1, 2, 4, 6, 6),
+    # Maps smaller than the kernel: most taps only see padding (`taps` leaves them out of its GEMM).
+    "3x3-on-1x1-map": (16, 16, 3, 1, 1, 1, 1, 1, 4, 1, 1),
+    "3x3-k4-on-2x1-map": (8, 8, 3, 1, 1, 1, 1, 4, 4, 2, 1),
 })
 
 
@@ -108,10 +111,10 @@ def test_formulation_matches_float64_reference(formulation, name, training):
     _check_against_reference(_layer(shape), torch.randn(b, shape[0], h, w), training, formulation, 1e-5)
 
 
-@pytest.mark.parametrize("formulation", ["folded", "bmm", "columns"])
+@pytest.mark.parametrize("formulation", ["folded", "bmm", "columns", "taps", "feature"])
 def test_hand_written_backward_is_exact_in_float64(formulation):
     # In float64 any slip in a hand-derived gradient shows as an error far above rounding (1e-12).
-    for name in ("3x3", "dilation2", "1x1-k4", "grouped", "depthwise", "3x3-k1-stride2-odd"):
+    for name in ("3x3", "dilation2", "1x1-k4", "grouped", "depthwise", "3x3-k1-stride2-odd", "3x3-k4-on-2x1-map"):
         shape = FAST_SHAPES[name]
         if not supported(formulation, shape[6], shape[2] != 1):
             continue
@@ -179,7 +182,7 @@ def test_custom_backward_saves_less_than_the_released_formulation():
     x = torch.randn(8, 64, 8, 8)
     layer.formulation = "grouped"
     released = _saved_bytes(layer, x)
-    for f in ("folded", "bmm", "columns"):
+    for f in ("folded", "bmm", "columns", "taps"):
         layer.formulation = f
         assert _saved_bytes(layer, x) < released / 2, f
 
