@@ -7,11 +7,14 @@ project's 2-core CPU machine, torch 2.14.1 (BENCHMARKS.md, "ODConv operator and 
   no per-sample kernel kept for backward); other grouped convs: ``grouped``.
 - batch 1: ``grouped``, the released formulation, which is then a static conv with a kernel built from one pass
   over O*C*kh*kw (measured: od_resnet50 eval at batch 1, folded 0.16 s, grouped 0.13 s, static 0.10 s).
-- 1x1, K = 1: ``bmm`` from 56x56 up (one batched GEMM, all attentions inside the per-sample kernel), else
-  ``feature`` (the static conv between two scalings). 1x1, K > 1: ``bmm`` from 28x28 up, else ``grouped``.
-- kh x kw with spatial attention: ``columns`` where out_channels >= 4 * output pixels (the per-sample kernel
-  dwarfs the feature maps and the grouped conv's B tiny convolutions are slowest: released is 10-300x the static
-  conv there), else ``folded`` from 28x28 outputs up, ``grouped`` between.
+- 1x1: ``bmm`` from 28x28 up (one batched GEMM, all attentions inside the per-sample kernel); below, ``feature``
+  (the static conv between two scalings) for K = 1 or where the per-sample kernel is 4x the feature maps
+  (K > 1: the K stacked kernels cost K times the MACs), else ``grouped``.
+- kh x kw, K = 1, stride 1, below 28x28 outputs: ``taps`` (one GEMM shared by the batch, the static conv's MACs,
+  the attentions weight kh*kw shifted additions; taps that only see padding are skipped).
+- other kh x kw: ``columns`` where out_channels >= 4 * output pixels (the per-sample kernel dwarfs the feature
+  maps, and the grouped conv's B tiny convolutions are slowest: released is 10-300x the static conv there),
+  else ``folded`` from 28x28 outputs up, ``grouped`` between.
 - CUDA/other devices: ``columns`` where out_channels >= 4 * output pixels, else ``bmm`` (the GPU plan; not
   measured yet).
 """
@@ -43,6 +46,7 @@ class LayerShape(NamedTuple):
 
 # Thresholds of the CPU rules, from the layer table in BENCHMARKS.md. Pixels are per sample.
 LARGE_PIXELS = 784  # from 28x28 outputs up, oneDNN's grouped conv with the folded kernel is within ~1.2-1.5x of static
+FEATURE_KERNEL_RATIO = 4  # 1x1, K > 1: stacked kernels win once O*C >= 4 * (C + O) * pixels
 COLUMNS_CHANNEL_RATIO = 4  # the shared GEMM wins once the per-sample kernel (O*C*kh*kw) dwarfs the input (C*H*W)
 
 
@@ -73,9 +77,11 @@ def choose(shape: LayerShape, device_type: str = "cpu", training: bool = True) -
         if pixels_in >= LARGE_PIXELS:
             # Large maps: one batched GEMM, all attentions in the per-sample kernel, no elementwise passes.
             return "bmm"
-        if shape.kernel_num == 1 or small:
-            # The static conv between two scalings (K stacked kernels for K > 1, where the per-sample kernel
-            # would dwarf the maps).
+        kernel_size = shape.in_channels * shape.out_channels
+        maps_size = (shape.in_channels + shape.out_channels) * pixels_in
+        if shape.kernel_num == 1 or kernel_size >= FEATURE_KERNEL_RATIO * maps_size:
+            # The static conv between two scalings; for K > 1 the K stacked kernels (K times the MACs) only pay
+            # where the per-sample kernel would dwarf the feature maps.
             return "feature"
         return "grouped"
     if shape.has_spatial and shape.kernel_num == 1 and (sh, sw) == (1, 1) and pixels_out < LARGE_PIXELS:

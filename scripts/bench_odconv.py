@@ -254,7 +254,8 @@ def run_models(args, device):
     print(f"\n## Models: time and memory / static twin (min of {args.model_repeats})")
     print(f"{'model':22s} {'K':>2s} {'batch':>5s} {'res':>4s} {'pass':10s} {'static ms':>10s} {'released':>9s} "
           f"{'ours':>7s} {'mem rel':>8s} {'mem ours':>8s}")
-    rows = [r for r in MODEL_ROWS if not args.models or r[0] in args.models]
+    rows = [r for r in MODEL_ROWS if (not args.models or r[0] in args.models)
+            and (not args.kernel_nums or r[1] in args.kernel_nums)]
     for name, k, batch, res in rows:
         passes = [("train", batch)] + ([("eval", 1), ("eval", batch)] if k == 1 else [])
         for kind, b in passes:
@@ -279,6 +280,7 @@ def main(argv=None) -> None:
     p.add_argument("--formulations", nargs="*", default=list(FORMULATIONS), choices=FORMULATIONS)
     p.add_argument("--zoo", nargs="+", default=list(ZOO), choices=ZOO, help="models whose layer shapes to run")
     p.add_argument("--models", nargs="*", default=[], help="subset of model names for the models section")
+    p.add_argument("--kernel-nums", type=int, nargs="*", default=[], help="subset of K for the models section")
     p.add_argument("--passes", nargs="*", default=[], help="subset of model passes, e.g. train16 eval1 eval64")
     p.add_argument("--skip-released", action="store_true",
                    help="models without the released formulation (od_resnet18 at 32px, batch 64 needs >13 GB with it)")
