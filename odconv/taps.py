@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .autograd import _apply_autocast, _as_param_grad, _like_input
+from .autograd import _apply_autocast, _like_input
 
 
 def _tap_windows(size: int, out_size: int, taps: int, stride: int, padding: int, dilation: int) -> Iterator:
@@ -131,7 +131,8 @@ class TapsODConv(torch.autograd.Function):
         xs = _scaled_input(x, channel)
         w1 = _shared_weight(weight, taps, dtype)  # (K*n*O, C, 1, 1)
         z = _nhwc(F.conv2d(xs, w1)).view(b, h * w, k * n, o)
-        pn = (gz.view(b, h * w, k * n, o) * z).sum(1, dtype=acc)  # (B, K*n, O): sum_pixels dL/dz * z
+        # (B, K*n, O): sum over pixels of dL/dz * z, multiplied into z's own buffer (fresh memory is slow here).
+        pn = z.mul_(gz.view(b, h * w, k * n, o)).sum(1, dtype=acc)
         del z
         # Back to all T taps (the others never touch the input: their factor's gradient is 0).
         p = pn.new_zeros(b, k, t, o)
@@ -157,9 +158,11 @@ class TapsODConv(torch.autograd.Function):
         gxs, gw1, _ = torch.ops.aten.convolution_backward(
             gz, xs, w1, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [need_xs, ctx.needs_input_grad[1], False])
         if ctx.needs_input_grad[1]:
-            gw = gw1.new_zeros(k, t, o, c)
-            gw[:, taps] = gw1.view(k, n, o, c)
-            g_weight = _as_param_grad(gw.view(k, kh, kw, o, c).permute(0, 3, 4, 1, 2), weight)
+            # Written tap by tap into the parameter's layout; taps that never touch the input get 0.
+            g_weight = torch.zeros_like(weight) if n < t else torch.empty_like(weight)
+            gw1 = gw1.view(k, n, o, c)
+            for j, tap in enumerate(taps):
+                g_weight[:, :, :, tap // kw, tap % kw] = gw1[:, j]
         if ctx.needs_input_grad[2]:
             g_channel = (gxs * x).sum((2, 3), dtype=acc).to(channel.dtype)
         if ctx.needs_input_grad[0]:
