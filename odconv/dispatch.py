@@ -7,7 +7,8 @@ project's 2-core CPU machine, torch 2.14.1 (BENCHMARKS.md, "ODConv operator and 
   no per-sample kernel kept for backward); other grouped convs: ``grouped``.
 - batch 1: ``grouped``, the released formulation, which is then a static conv with a kernel built from one pass
   over O*C*kh*kw (measured: od_resnet50 eval at batch 1, folded 0.16 s, grouped 0.13 s, static 0.10 s).
-- 1x1: ``bmm`` from 28x28 up (one batched GEMM, all attentions inside the per-sample kernel); below, ``feature``
+- 1x1: ``bmm`` from 56x56 up (one batched GEMM, all attentions inside the per-sample kernel); at 28x28 with
+  K > 1, ``folded`` for weights of 128x128 and up, else ``bmm``; below (and at 28x28 with K = 1) ``feature``
   (the static conv between two scalings) for K = 1 or where the per-sample kernel is 4x the feature maps
   (K > 1: the K stacked kernels cost K times the MACs), else ``grouped``.
 - kh x kw, K = 1, stride 1, below 28x28 outputs: ``taps`` (one GEMM shared by the batch, the static conv's MACs,
@@ -15,8 +16,8 @@ project's 2-core CPU machine, torch 2.14.1 (BENCHMARKS.md, "ODConv operator and 
 - other kh x kw: ``columns`` where out_channels >= 4 * output pixels (the per-sample kernel dwarfs the feature
   maps, and the grouped conv's B tiny convolutions are slowest: released is 10-300x the static conv there),
   else ``folded`` from 28x28 outputs up, ``grouped`` between.
-- CUDA/other devices: ``columns`` where out_channels >= 4 * output pixels, else ``bmm`` (the GPU plan; not
-  measured yet).
+- CUDA/other devices: ``taps`` where the CPU uses it, ``columns`` where out_channels >= 4 * output pixels, else
+  ``bmm`` (the GPU plan; not measured yet).
 """
 from __future__ import annotations
 
@@ -46,6 +47,8 @@ class LayerShape(NamedTuple):
 
 # Thresholds of the CPU rules, from the layer table in BENCHMARKS.md. Pixels are per sample.
 LARGE_PIXELS = 784  # from 28x28 outputs up, oneDNN's grouped conv with the folded kernel is within ~1.2-1.5x of static
+POINTWISE_BMM_PIXELS = 3136  # 1x1: the batched GEMM beats the static (NCHW) conv from 56x56 up
+FOLDED_POINTWISE_WEIGHTS = 128 * 128  # 1x1, K > 1, 28x28: folded wins from 128x128 weights up (bmm below)
 FEATURE_KERNEL_RATIO = 4  # 1x1, K > 1: stacked kernels win once O*C >= 4 * (C + O) * pixels
 COLUMNS_CHANNEL_RATIO = 4  # the shared GEMM wins once the per-sample kernel (O*C*kh*kw) dwarfs the input (C*H*W)
 
@@ -69,14 +72,19 @@ def choose(shape: LayerShape, device_type: str = "cpu", training: bool = True) -
         # more than scaling the small feature maps (3 passes over O*C*kh*kw vs a conv of O*C*kh*kw*H*W MACs).
         return "grouped"
     small = shape.out_channels >= COLUMNS_CHANNEL_RATIO * pixels_out
+    taps = shape.has_spatial and shape.kernel_num == 1 and (sh, sw) == (1, 1) and pixels_out < LARGE_PIXELS
     if device_type != "cpu":
-        # GPU plan (BENCHMARKS.md, unmeasured): cuDNN's grouped conv is slow for groups = B, batched GEMM
-        # (cuBLAS) is not, and unfolding costs bandwidth a GPU has.
-        return "columns" if small else "bmm"
+        # GPU plan (BENCHMARKS.md, unmeasured): cuDNN's grouped conv is slow for groups = B, GEMMs shared by the
+        # batch (taps, columns) or batched (cuBLAS) are not, and shifting or unfolding costs bandwidth a GPU has.
+        return "taps" if taps else "columns" if small else "bmm"
     if pointwise:
-        if pixels_in >= LARGE_PIXELS:
+        if pixels_in >= POINTWISE_BMM_PIXELS:
             # Large maps: one batched GEMM, all attentions in the per-sample kernel, no elementwise passes.
             return "bmm"
+        if pixels_in >= LARGE_PIXELS and shape.kernel_num > 1:
+            # 28x28 with K kernels: the folded per-sample kernel through oneDNN's grouped conv for wide layers,
+            # the batched GEMM for narrow ones (MobileNetV2's 32-192 channels).
+            return "folded" if shape.in_channels * shape.out_channels >= FOLDED_POINTWISE_WEIGHTS else "bmm"
         kernel_size = shape.in_channels * shape.out_channels
         maps_size = (shape.in_channels + shape.out_channels) * pixels_in
         if shape.kernel_num == 1 or kernel_size >= FEATURE_KERNEL_RATIO * maps_size:
@@ -84,7 +92,7 @@ def choose(shape: LayerShape, device_type: str = "cpu", training: bool = True) -
             # where the per-sample kernel would dwarf the feature maps.
             return "feature"
         return "grouped"
-    if shape.has_spatial and shape.kernel_num == 1 and (sh, sw) == (1, 1) and pixels_out < LARGE_PIXELS:
+    if taps:
         # One shared GEMM with the static conv's MACs, the attentions only weight kh*kw shifted additions.
         return "taps"
     if small and shape.has_spatial:

@@ -36,11 +36,11 @@ def aggregate_kernels(weight: Tensor, spatial: Optional[Tensor], kernel: Optiona
     """Per-sample kernel sum_i kernel[b, i] * spatial[b] * W_i: (B, O, I/g, kh, kw), as released."""
     if kernel is None:
         w = weight[0].unsqueeze(0)  # (1, O, I/g, kh, kw)
-    else:
-        w = torch.einsum("bk,koihw->boihw", kernel, weight)
-    if spatial is not None:
-        w = w * spatial[:, None, None]
-    return w
+        return w if spatial is None else w * spatial[:, None, None]
+    if spatial is None:
+        return torch.einsum("bk,koihw->boihw", kernel, weight)
+    # One contraction with a_k (x) a_s, so autograd keeps no intermediate per-sample kernel for the a_s gradient.
+    return torch.einsum("bkhw,koihw->boihw", kernel[:, :, None, None] * spatial[:, None], weight)
 
 
 def supported(name: str, groups: int, has_spatial: bool) -> bool:
