@@ -9,8 +9,8 @@ pre-attention output is saved (recomputing it would cost a second convolution).
 
 Tried and dropped: running the convolution on a channels_last copy written by the a_c pass (oneDNN's 1x1 conv
 is up to 3x faster on channels_last on this project's CPU) and recomputing the pre-attention output too. It
-kept memory at the static conv's level but measured 1.5-2.5x slower than this version on the zoo's 1x1 layers
-below 56x56 (BENCHMARKS.md).
+kept memory at the static conv's level but measured 1.5-1.7x slower than this version on the zoo's 1x1 layers
+from 28x28 down (layer rows of scripts/bench_odconv.py; that variant was not kept).
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .autograd import _apply_autocast, _as_param_grad
+
 
 def _stacked(weight: Tensor, dtype) -> Tensor:
     """(K, O, I/g, 1, 1) -> (O*K, I/g, 1, 1), ordered (O, K) so each group of a grouped conv sees its own

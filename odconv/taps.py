@@ -24,8 +24,8 @@ from .autograd import _apply_autocast, _like_input
 
 
 def _tap_windows(size: int, out_size: int, taps: int, stride: int, padding: int, dilation: int) -> Iterator:
-    """For each tap along one axis: (output slice, input slice) of the positions where the tap lands inside
-    the (unpadded) input; taps that only ever land in the padding are skipped."""
+    """For each tap along one axis: (tap index, output slice, input slice) of the positions where the tap lands
+    inside the (unpadded) input; taps that only ever land in the padding are skipped."""
     for i in range(taps):
         offset = i * dilation - padding  # input position of output 0 for this tap
         first = max(0, (-offset + stride - 1) // stride)
@@ -91,6 +91,8 @@ def _plan(x_hw, kernel_size, stride, padding, dilation):
 
 
 class TapsODConv(torch.autograd.Function):
+    """y = sum over taps of a_k a_s a_f * shifted z; saves only the input, the weight and the attentions."""
+
     @staticmethod
     def forward(ctx, x, weight, channel, filt, spatial, kernel, stride, padding, dilation):
         k, o, c, kh, kw = weight.shape

@@ -7,7 +7,8 @@ median time over repeats divided by the static conv's. Two sections:
   and 32px, batch 64; forward (eval, no grad) and forward+backward (train) of the static conv, the released
   code (re-implemented below, unchanged in substance), and each formulation of `odconv`.
 - models: training step (forward, cross-entropy, backward) of od_resnet50 1x/4x, od_mobilenetv2_100 1x/4x
-  (batch 16, 224px) and od_resnet18 1x (batch 64, 32px) over their static twins; eval at batch 1 and 16.
+  (batch 16, 224px) and od_resnet18 1x (batch 64, 32px) over their static twins; eval at batch 1 and 16. The
+  released column runs every ODConv layer of the same model through `ReleasedODConv2d.forward`.
 
 Memory: on CUDA the peak of `torch.cuda.max_memory_allocated` during the step minus the memory before it. On CPU
 the allocator keeps no peak, so we report the bytes autograd holds for the backward pass (every distinct storage
@@ -21,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import sys
+from copy import deepcopy
 import time
 from pathlib import Path
 from typing import Callable
@@ -63,6 +66,15 @@ class ReleasedODConv2d(ODConv2d):
         out = F.conv2d(x.reshape(1, -1, h, w), agg, None, self.stride, self.padding, self.dilation,
                        self.groups * b)
         return out.view(b, self.out_channels, out.shape[-2], out.shape[-1]) * fi
+
+
+def released_copy(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose ODConv layers run `ReleasedODConv2d.forward` (same parameters and attentions)."""
+    copy = deepcopy(model)
+    for m in copy.modules():
+        if isinstance(m, ODConv2d):
+            m.__class__ = ReleasedODConv2d
+    return copy
 
 
 def zoo_shapes(res: int, batch: int, zoo=ZOO) -> list[LayerShape]:
@@ -219,13 +231,64 @@ def run_layers(args, device):
                     print(f"{'':42s} {'mem':7s} {m['static'] / 2**20:8.1f}M {mrow}")
 
 
+LAYER_ROW = re.compile(r"(.{42}) (fwd\+bwd|fwd|mem)\s+(.*)")
+SHAPE = re.compile(r"(\d+)->(\d+)\s+(\d+)x(\d+) s(\d+) g(\d+)\s+K(\d+)\s+(\d+)px b(\d+)")
+
+
+def summarize_layers(path: str, slower: float = 1.10) -> None:
+    """Re-read a saved layer table and, with the current dispatch rules, print every row where the formulation
+    they choose was measured slower than the released code by more than `slower` (time) or keeps more memory.
+
+    Where the rules chose the same formulation as when the table was measured, its "ours" column is used (it
+    carries no `use_formulation` overhead, which matters for sub-millisecond layers); otherwise its forced column.
+    """
+    cols, section, shape, old = [], "", None, None
+    rows, ratios, flagged, memory = 0, [], [], 0
+    for line in Path(path).read_text().splitlines():
+        if line.startswith("###"):
+            section = line.split(",")[0].lstrip("# ")
+        elif line.startswith("shape"):
+            cols = line.split()[3:-1]  # static ms, released, ours, =formulation...
+        elif m := LAYER_ROW.match(line):
+            text, kind, rest = m.groups()
+            if text.strip():
+                cin, cout, kh, kw, st, g, k, px, b = map(int, SHAPE.search(text).groups())
+                shape = LayerShape(b, cin, cout, px, px, (kh, kw), (st, st), g, k, kh * kw > 1)
+                label = text.strip()
+            vals = rest.split()
+            value = dict(zip(cols, vals))
+            new = choose(shape, "cpu", kind != "fwd")
+            if kind != "mem":
+                old = vals[-1]
+            mine = value["ours"] if new == old else value.get(f"={new}", "-")
+            if mine == "-":
+                continue
+            ratio = float(mine) / float(value["released"])
+            if kind != "mem":
+                rows += 1
+                ratios.append(ratio)
+            if ratio > (slower if kind != "mem" else 1.001):
+                memory += kind == "mem"
+                flagged.append(f"{section:6s} {label:42s} {kind:8s} released {value['released']:>6s}  {new} {mine}")
+    ratios.sort()
+    print(f"{rows} time rows; chosen formulation over released: median {ratios[len(ratios) // 2]:.2f}, "
+          f"{sum(r > 1.0 for r in ratios)} rows above 1.00, {sum(r > 1.05 for r in ratios)} above 1.05, "
+          f"{sum(r > slower for r in ratios)} above {slower:.2f}; memory rows above released: "
+          f"{memory}")
+    print("\n".join(flagged))
+
+
 MODEL_ROWS = [("od_resnet50", 1, 16, 224), ("od_resnet50", 4, 16, 224), ("od_mobilenetv2_100", 1, 16, 224),
               ("od_mobilenetv2_100", 4, 16, 224), ("od_resnet18", 1, 64, 32)]
 
 
-def model_variants(name, k, batch, res, device, train: bool, skip_released: bool = False):
+def model_variants(name, k, batch, res, device, train: bool, skip_released: bool = False, compile: bool = False):
     static = timm.create_model(name.replace("od_", "static_"), num_classes=10).to(device)
     od = timm.create_model(name, kernel_num=k, num_classes=10).to(device)
+    released = None if skip_released else released_copy(od)
+    if compile:
+        # Every network compiled (inductor); the warm-up call of `compare` triggers the compilation.
+        static, od, released = (None if m is None else torch.compile(m) for m in (static, od, released))
     x = torch.randn(batch, 3, res, res, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
 
@@ -244,9 +307,9 @@ def model_variants(name, k, batch, res, device, train: bool, skip_released: bool
             loss.backward()
             return loss
         return step, (fwd if train else None), list(model.parameters())
-    variants = {"static": make(static), "released": make(od, "grouped"), "ours": make(od)}
-    if skip_released:
-        del variants["released"]
+    variants = {"static": make(static), "ours": make(od)}
+    if released is not None:
+        variants["released"] = make(released)
     return variants
 
 
@@ -261,7 +324,7 @@ def run_models(args, device):
         for kind, b in passes:
             if args.passes and f"{kind}{b}" not in args.passes:
                 continue
-            v = model_variants(name, k, b, res, device, kind == "train", args.skip_released)
+            v = model_variants(name, k, b, res, device, kind == "train", args.skip_released, args.compile)
             t, m = compare(v, device, args.model_repeats)
             t.setdefault("released", float("nan"))
             m.setdefault("released", float("nan"))
@@ -275,6 +338,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--section", choices=["layers", "models", "all"], default="all")
+    p.add_argument("--summarize", metavar="FILE",
+                   help="no measurement: re-read a saved layer table and list where the current rules lose")
     p.add_argument("--res", type=int, nargs="+", default=[224, 32], choices=sorted(SETTINGS))
     p.add_argument("--quick", action="store_true", help=f"only the first {QUICK_SHAPES} non-trivial shapes")
     p.add_argument("--formulations", nargs="*", default=list(FORMULATIONS), choices=FORMULATIONS)
@@ -284,12 +349,16 @@ def main(argv=None) -> None:
     p.add_argument("--passes", nargs="*", default=[], help="subset of model passes, e.g. train16 eval1 eval64")
     p.add_argument("--skip-released", action="store_true",
                    help="models without the released formulation (od_resnet18 at 32px, batch 64 needs >13 GB with it)")
+    p.add_argument("--compile", action="store_true", help="models section: torch.compile every network first")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--model-repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="cpu: CPU time of this process (with --threads 1, immune to other processes' load)")
     args = p.parse_args(argv)
+    if args.summarize:
+        summarize_layers(args.summarize)
+        return
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     device = torch.device(args.device)
