@@ -111,7 +111,7 @@ def test_formulation_matches_float64_reference(formulation, name, training):
     _check_against_reference(_layer(shape), torch.randn(b, shape[0], h, w), training, formulation, 1e-5)
 
 
-@pytest.mark.parametrize("formulation", ["folded", "bmm", "columns", "taps", "feature"])
+@pytest.mark.parametrize("formulation", ["grouped", "folded", "bmm", "columns", "taps", "feature"])
 def test_hand_written_backward_is_exact_in_float64(formulation):
     # In float64 any slip in a hand-derived gradient shows as an error far above rounding (1e-12).
     for name in ("3x3", "dilation2", "1x1-k4", "grouped", "depthwise", "3x3-k1-stride2-odd", "3x3-k4-on-2x1-map"):
