@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .autograd import _apply_autocast, _as_param_grad
+from .autograd import _apply_autocast, _as_param_grad, _mix
 
 
 def _stacked(weight: Tensor, dtype) -> Tensor:
@@ -30,10 +30,10 @@ def _stacked(weight: Tensor, dtype) -> Tensor:
     return weight.transpose(0, 1).reshape(o * k, *weight.shape[2:]).to(dtype)
 
 
-def _mix(filt: Optional[Tensor], kernel: Optional[Tensor], b: int, o: int, k: int, like: Tensor) -> Tensor:
-    """a_f (x) a_k: (B, O, K), the factor on each of the K convolution outputs."""
-    f = filt[:, :, None] if filt is not None else like.new_ones(b, o, 1)
-    return f * kernel[:, None, :] if kernel is not None else f.expand(b, o, k)
+def _output_factors(filt: Optional[Tensor], kernel: Optional[Tensor], b: int, o: int, k: int, like: Tensor) -> Tensor:
+    """a_f (x) a_k as (B, O, K), the factor on each of the K convolution outputs (ones where both are absent)."""
+    mix = _mix(filt, kernel, b, k, o, like.dtype)
+    return (like.new_ones(b, k, o) if mix is None else mix).transpose(1, 2)
 
 
 class FeatureODConv(torch.autograd.Function):
@@ -43,7 +43,7 @@ class FeatureODConv(torch.autograd.Function):
         b = x.shape[0]
         z = F.conv2d(x * channel[:, :, None, None].to(x.dtype), _stacked(weight, x.dtype), None, stride, padding,
                      dilation, groups)
-        mix = _mix(filt, kernel, b, o, k, channel).to(x.dtype)
+        mix = _output_factors(filt, kernel, b, o, k, channel).to(x.dtype)
         ho, wo = z.shape[-2:]
         if k == 1:
             out = z * mix.view(b, o, 1, 1)
@@ -64,7 +64,7 @@ class FeatureODConv(torch.autograd.Function):
         g = grad_out.to(dtype)
         ho, wo = g.shape[-2:]
         z = z.view(b, o, k, ho, wo)
-        mix = _mix(filt, kernel, b, o, k, channel)
+        mix = _output_factors(filt, kernel, b, o, k, channel)
         g_filt = g_kernel = g_channel = g_weight = gx = None
         if ctx.needs_input_grad[3] or ctx.needs_input_grad[5]:
             gmix = (z * g[:, :, None]).sum((3, 4), dtype=acc)  # (B, O, K): dL/d(a_f a_k)
