@@ -334,10 +334,34 @@ def run_models(args, device):
                   f"{t['released'] / t['static']:9.2f} {t['ours'] / t['static']:7.2f} {mem}", flush=True)
 
 
+def profile_model(spec: str, device, rows: int = 25) -> None:
+    """torch.profiler table (self time, grouped by op and input shapes) of two training steps of one model, after
+    a warm-up step. `spec` is NAME:K:BATCH:RES, e.g. od_resnet50:4:16:224."""
+    from torch.profiler import profile
+
+    name, k, batch, res = spec.split(":")
+    model = timm.create_model(name, kernel_num=int(k), num_classes=10).to(device).train()
+    x = torch.randn(int(batch), 3, int(res), int(res), device=device)
+    y = torch.randint(0, 10, (int(batch),), device=device)
+
+    def step():
+        F.cross_entropy(model(x), y).backward()
+
+    step()
+    with profile(record_shapes=True) as prof:
+        for _ in range(2):
+            step()
+    print(f"\n## Profile: {spec}, two training steps")
+    print(prof.key_averages(group_by_input_shape=True).table(
+        sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=36, max_shapes_column_width=90))
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--section", choices=["layers", "models", "all"], default="all")
+    p.add_argument("--profile", metavar="NAME:K:BATCH:RES",
+                   help="no timing table: torch.profiler's top ops (with input shapes) of two training steps")
     p.add_argument("--summarize", metavar="FILE",
                    help="no measurement: re-read a saved layer table and list where the current rules lose")
     p.add_argument("--res", type=int, nargs="+", default=[224, 32], choices=sorted(SETTINGS))
@@ -365,6 +389,9 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.profile:
+        profile_model(args.profile, device)
+        return
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, clock {args.clock}, "
           f"command: {' '.join(sys.argv)}")
     if args.section in ("layers", "all"):

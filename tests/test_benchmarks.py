@@ -75,3 +75,11 @@ def test_summary_of_a_saved_layer_table_lists_rows_where_the_rules_lose(tmp_path
     assert out.startswith("2 time rows")
     assert "1 above 1.10" in out and "memory rows above released: 0" in out
     assert "fwd+bwd  released   4.00  taps 6.00" in out
+
+
+def test_profile_of_a_training_step_lists_odconv_ops_with_shapes(capsys):
+    bench_odconv.main(["--profile", "od_resnet18:1:2:32", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert "Profile: od_resnet18:1:2:32" in out
+    assert "TapsODConvBackward" in out or "aten::convolution_backward" in out
+    assert re.search(r"\[\[2, \d+, \d+, \d+\]", out)  # input shapes (batch 2) are recorded
