@@ -2,12 +2,13 @@
 from .attention import Attentions, ODAttention
 from .conv import ODConv2d
 from .convert import convert
-from .dispatch import explain, format_explain, use_formulation
+from .dispatch import get_dispatch, set_dispatch, use_formulation
+from .explain import explain, format_explain
 from .formulations import FORMULATIONS
 from .functional import odconv2d
 from .temperature import set_temperature, temperature_schedule
 
 __all__ = [
     "FORMULATIONS", "Attentions", "ODAttention", "ODConv2d", "convert", "explain", "format_explain", "odconv2d",
-    "set_temperature", "temperature_schedule", "use_formulation",
+    "set_temperature", "temperature_schedule", "use_formulation", "get_dispatch", "set_dispatch",
 ]

@@ -12,7 +12,8 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from .attention import ODAttention
-from .dispatch import LayerShape, resolve
+from .dispatch import select
+from .formulations import LayerShape
 from .functional import odconv2d
 
 _IntOrPair = Union[int, tuple[int, int]]
@@ -120,11 +121,9 @@ class ODConv2d(nn.Module):
 
     def _conv_forward(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         att = self.attention(x)
-        formulation = resolve(self.formulation, self.layer_shape(x), x.device.type, self.training)
-        return odconv2d(
-            x, weight, att.channel, att.filter, att.spatial, att.kernel,
-            self.stride, self.padding, self.dilation, self.groups, bias, formulation,
-        )
+        args = (x, weight, att.channel, att.filter, att.spatial, att.kernel, self.stride, self.padding,
+                self.dilation, self.groups)
+        return odconv2d(*args, bias, select(self.formulation, *args))
 
     def forward(self, x: Tensor) -> Tensor:
         return self._conv_forward(x, self.weight, self.bias)

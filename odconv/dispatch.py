@@ -1,4 +1,9 @@
-"""Which formulation computes an ODConv layer: the rules, a way to force one, and a per-layer report.
+"""Which formulation computes an ODConv call: forcing, the measured choice, or the rules.
+
+Order: a layer's own `formulation` attribute, then `use_formulation`, then (mode "measured", or "auto" on CUDA)
+the fastest formulation timed on this device for this call's key (odconv/tuning.py), then the rules below.
+`set_dispatch(mode)` picks the mode; "auto" (the default) measures on CUDA and uses the rules on CPU, where the
+rules were derived. Everything here is plain Python on shapes, so it traces under torch.compile/export.
 
 Rules, from forward and forward+backward timings of the zoo's layer shapes (224px batch 16, 32px batch 64) on this
 project's 2-core CPU machine, torch 2.14.1 (BENCHMARKS.md, "ODConv operator and models"):
@@ -22,27 +27,48 @@ project's 2-core CPU machine, torch 2.14.1 (BENCHMARKS.md, "ODConv operator and 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, NamedTuple, Optional
+from typing import Callable, Iterator, NamedTuple, Optional
 
 import torch
-from torch import nn
 
-from .formulations import FORMULATIONS, supported
+from . import tuning
+from .formulations import FORMULATIONS, LayerShape, candidates, get
 
+__all__ = ["Decision", "LayerShape", "MODES", "choose", "decide", "get_dispatch", "recording", "resolve", "select",
+           "set_dispatch", "use_formulation"]
+
+MODES = ("rules", "measured", "auto")
+_mode = "auto"
 _forced: list[str] = []
+_recorders: list[tuple[list, Callable[[], str]]] = []
 
 
-class LayerShape(NamedTuple):
-    batch: int
-    in_channels: int
-    out_channels: int
-    height: int
-    width: int
-    kernel_size: tuple[int, int]
-    stride: tuple[int, int]
-    groups: int
-    kernel_num: int
-    has_spatial: bool
+class Decision(NamedTuple):
+    """What a call uses and why: reason is "forced", "measured" or "rule"; times (ms per formulation) when measured."""
+
+    formulation: str
+    reason: str
+    times: Optional[dict[str, float]] = None
+
+
+def set_dispatch(mode: str) -> str:
+    """How ODConv picks a formulation when none is forced: "rules", "measured" (time every candidate on the
+    first call of each distinct layer call, keep the fastest; odconv/tuning.py) or "auto" (measured on CUDA,
+    rules elsewhere; the default). Returns the previous mode."""
+    global _mode
+    if mode not in MODES:
+        raise ValueError(f"Unknown ODConv dispatch mode {mode!r}, should be one of {list(MODES)}")
+    previous, _mode = _mode, mode
+    return previous
+
+
+def get_dispatch() -> str:
+    return _mode
+
+
+def measures(device_type: str) -> bool:
+    """Whether calls on `device_type` use the measured choice under the current mode."""
+    return _mode == "measured" or (_mode == "auto" and device_type == "cuda")
 
 
 # Thresholds of the CPU rules, from the layer table in BENCHMARKS.md. Pixels are per sample.
@@ -106,10 +132,9 @@ def _current_forced() -> Optional[str]:
 
 @contextlib.contextmanager
 def use_formulation(name: str) -> Iterator[None]:
-    """Force formulation `name` for every ODConv layer called inside the block (a layer's own
-    `formulation` attribute still wins). Layers the formulation cannot compute fall back to the rules."""
-    if name not in FORMULATIONS:
-        raise ValueError(f"Unknown ODConv formulation {name!r}, should be one of {list(FORMULATIONS)}")
+    """Force formulation `name` for every ODConv call inside the block (a layer's own `formulation` attribute
+    still wins). Calls the formulation cannot compute fall back to the dispatch."""
+    get(name)  # a clear error for an unknown name
     _forced.append(name)
     try:
         yield
@@ -117,47 +142,57 @@ def use_formulation(name: str) -> Iterator[None]:
         _forced.pop()
 
 
-def resolve(layer_choice: Optional[str], shape: LayerShape, device_type: str, training: bool) -> str:
-    """The formulation a layer call uses: the layer's attribute, else `use_formulation`, else the rules.
+def _backward(tensors) -> bool:
+    """Whether autograd records this call (the key's train/eval: forward + backward, or forward only)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
-    A forced formulation that cannot compute the layer (e.g. "columns" on a depthwise conv) falls back to the
-    rules, so one setting can be applied to a whole model; `explain` shows what each layer ended up with.
-    """
-    if layer_choice is not None and layer_choice not in FORMULATIONS:
-        raise ValueError(f"Unknown ODConv formulation {layer_choice!r}, should be one of {list(FORMULATIONS)} or None")
+
+def decide(layer_choice: Optional[str], x, weight, channel, filt, spatial, kernel, stride, padding, dilation,
+           groups: int) -> Decision:
+    """The formulation one call of the functional core uses, and why."""
+    shape = LayerShape.of_call(x, weight, channel, filt, spatial, kernel, stride, groups)
     for name in (layer_choice, _current_forced()):
-        if name is not None and supported(name, shape.groups, shape.has_spatial):
+        if name is not None and get(name).can_compute(shape):
+            return Decision(name, "forced")
+    backward = _backward((x, weight, channel, filt, spatial, kernel))
+    if measures(x.device.type) or tuning.measuring():
+        key = tuning.call_key(shape, x, padding, dilation, backward)
+        choice = tuning.lookup(x.device, key)
+        if choice is None and tuning.may_measure():
+            args = (x, weight, channel, filt, spatial, kernel, stride, padding, dilation, groups)
+            choice = tuning.measure(x.device, key, candidates(shape), args, backward)
+        if choice is not None and choice.formulation in FORMULATIONS and get(choice.formulation).can_compute(shape):
+            return Decision(choice.formulation, "measured", choice.times)
+    return Decision(choose(shape, x.device.type, backward), "rule")
+
+
+def select(layer_choice: Optional[str], x, weight, channel, filt, spatial, kernel, stride, padding, dilation,
+           groups: int) -> str:
+    """`decide(...).formulation`; the one call layers make before the functional core."""
+    d = decide(layer_choice, x, weight, channel, filt, spatial, kernel, stride, padding, dilation, groups)
+    if _recorders:
+        calls, label = _recorders[-1]
+        calls.append((label(), LayerShape.of_call(x, weight, channel, filt, spatial, kernel, stride, groups), d))
+    return d.formulation
+
+
+@contextlib.contextmanager
+def recording(label: Callable[[], str] = str) -> Iterator[list[tuple[str, LayerShape, Decision]]]:
+    """Collect (label(), shape, decision) for every `select` inside the block (what `odconv.explain` reports;
+    `label` names the caller, e.g. the module running)."""
+    calls: list[tuple[str, LayerShape, Decision]] = []
+    _recorders.append((calls, label))
+    try:
+        yield calls
+    finally:
+        _recorders.pop()
+
+
+def resolve(layer_choice: Optional[str], shape: LayerShape, device_type: str, training: bool) -> str:
+    """From a shape alone (no tensors, so nothing can be measured): the forced formulation, else the rules."""
+    if layer_choice is not None:
+        get(layer_choice)
+    for name in (layer_choice, _current_forced()):
+        if name is not None and get(name).can_compute(shape):
             return name
     return choose(shape, device_type, training)
-
-
-def explain(model: nn.Module, example: torch.Tensor) -> list[tuple[str, LayerShape, str]]:
-    """Run `model` once on `example` (no grad, mode unchanged) and return, for each ODConv layer called,
-    (qualified name, the shape it saw, the formulation it used)."""
-    from .conv import ODConv2d
-
-    rows: list[tuple[str, LayerShape, str]] = []
-    hooks = []
-    for name, m in model.named_modules():
-        if isinstance(m, ODConv2d):
-            def hook(mod, args, name=name):
-                shape = mod.layer_shape(args[0])
-                rows.append((name, shape, resolve(mod.formulation, shape, args[0].device.type, mod.training)))
-            hooks.append(m.register_forward_pre_hook(hook))
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in hooks:
-            h.remove()
-    return rows
-
-
-def format_explain(rows: list[tuple[str, LayerShape, str]]) -> str:
-    """`explain` as an aligned text table."""
-    lines = [f"{'layer':40s} {'B':>4s} {'Cin':>5s} {'Cout':>5s} {'HxW':>9s} {'k':>3s} {'s':>2s} {'g':>5s} "
-             f"{'K':>2s}  formulation"]
-    for name, s, f in rows:
-        lines.append(f"{name:40s} {s.batch:4d} {s.in_channels:5d} {s.out_channels:5d} {s.height:4d}x{s.width:<4d} "
-                     f"{s.kernel_size[0]:3d} {s.stride[0]:2d} {s.groups:5d} {s.kernel_num:2d}  {f}")
-    return "\n".join(lines)

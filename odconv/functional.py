@@ -5,19 +5,17 @@ from typing import Optional
 
 from torch import Tensor
 
-from .autograd import odconv2d_columns_saving, odconv2d_folded
-from .feature import odconv2d_feature
-from .formulations import FORMULATIONS, aggregate_kernels, odconv2d_grouped, supported
-from .taps import odconv2d_taps
+from . import formulations
+from .dispatch import select
+from .formulations import LayerShape
 
-__all__ = ["aggregate_kernels", "odconv2d", "odconv2d_columns_saving", "odconv2d_feature", "odconv2d_folded",
-           "odconv2d_grouped", "odconv2d_taps"]
+__all__ = ["odconv2d"]
 
 
 def odconv2d(
     x: Tensor,
     weight: Tensor,
-    channel: Tensor,
+    channel: Optional[Tensor],
     filt: Optional[Tensor],
     spatial: Optional[Tensor],
     kernel: Optional[Tensor],
@@ -26,28 +24,22 @@ def odconv2d(
     dilation: tuple[int, int] = (1, 1),
     groups: int = 1,
     bias: Optional[Tensor] = None,
-    formulation: str = "grouped",
+    formulation: Optional[str] = None,
 ) -> Tensor:
     """y[b] = filt[b] * conv(x[b] * channel[b], sum_i kernel[b,i] * spatial[b] * W_i) (+ bias).
 
-    `formulation` is one of `FORMULATIONS` (see odconv/formulations.py); all give the same result.
+    `weight` is (K, O, I/groups, kh, kw); channel (B, I), filt (B, O), spatial (B, kh, kw) and kernel (B, K) are
+    the attentions, each None where the layer has none (attention 1; kernel None means K == 1).
+    `formulation`: a name from `odconv.FORMULATIONS` (a ValueError if it cannot compute this layer), or None to
+    let `odconv.dispatch` pick (forcing, the measured choice or the rules). All give the same result.
     """
-    if formulation not in FORMULATIONS:
-        raise ValueError(f"Unknown ODConv formulation {formulation!r}, should be one of {list(FORMULATIONS)}")
-    if not supported(formulation, groups, spatial is not None):
+    if formulation is None:
+        formulation = select(None, x, weight, channel, filt, spatial, kernel, stride, padding, dilation, groups)
+    entry = formulations.get(formulation)
+    if not entry.can_compute(LayerShape.of_call(x, weight, channel, filt, spatial, kernel, stride, groups)):
         raise ValueError(f"formulation {formulation!r} cannot compute this layer (groups={groups}, "
                          f"spatial attention={spatial is not None})")
-    args = (x, weight, channel, filt, spatial, kernel, stride, padding, dilation, groups)
-    if formulation == "grouped":
-        out = odconv2d_grouped(*args)
-    elif formulation == "columns":
-        out = odconv2d_columns_saving(*args)
-    elif formulation == "taps":
-        out = odconv2d_taps(*args)
-    elif formulation == "feature":
-        out = odconv2d_feature(*args)
-    else:
-        out = odconv2d_folded(*args, engine="grouped" if formulation == "folded" else "bmm")
+    out = entry.fn(x, weight, channel, filt, spatial, kernel, stride, padding, dilation, groups)
     if bias is not None:
         out = out + bias[:, None, None]
     return out

@@ -1,21 +1,18 @@
-"""Every ODConv formulation against the float64 per-sample reference, the dispatch that picks among them,
-torch.compile and DDP."""
+"""Every ODConv formulation against the float64 per-sample reference (also with attentions absent, as CondConv and
+DyConv call the core), forcing a formulation, explain, and torch.compile."""
 from __future__ import annotations
-
-import os
-import tempfile
 
 import pytest
 import timm
 import torch
-import torch.distributed as dist
-from torch import nn
+import torch.nn.functional as F
 
 import models  # noqa: F401  (registers the zoo)
 import odconv
 from odconv import ODConv2d
-from odconv.dispatch import explain, format_explain, use_formulation
-from odconv.formulations import FORMULATIONS, supported
+from odconv.dispatch import use_formulation
+from odconv.explain import explain, format_explain
+from odconv.formulations import FORMULATIONS, REGISTRY, LayerShape, supported
 from odconv_reference import float64_params, reference_odconv, rel_err
 from test_odconv import SHAPES, _layer
 
@@ -190,26 +187,23 @@ def test_custom_backward_saves_less_than_the_released_formulation():
     assert _saved_bytes(layer, x) < released
 
 
-def test_forcing_a_formulation_by_attribute_and_context():
+def test_forcing_a_formulation_by_attribute_and_context(monkeypatch):
     layer = _layer(FAST_SHAPES["3x3"])
     x = torch.randn(4, 16, 9, 9)
     seen = []
-    original = odconv.functional.odconv2d_grouped
+    entry = REGISTRY["grouped"]
 
     def spy(*args):
         seen.append("grouped")
-        return original(*args)
-    odconv.functional.odconv2d_grouped = spy
-    try:
-        with use_formulation("grouped"):
-            layer(x)
-        assert seen == ["grouped"]
-        layer.formulation = "columns"  # the layer's own choice wins over the context
-        with use_formulation("grouped"):
-            layer(x)
-        assert seen == ["grouped"]
-    finally:
-        odconv.functional.odconv2d_grouped = original
+        return entry.fn(*args)
+    monkeypatch.setitem(REGISTRY, "grouped", entry._replace(fn=spy))
+    with use_formulation("grouped"):
+        layer(x)
+    assert seen == ["grouped"]
+    layer.formulation = "columns"  # the layer's own choice wins over the context
+    with use_formulation("grouped"):
+        layer(x)
+    assert seen == ["grouped"]
 
 
 def test_unknown_formulation_is_a_clear_error():
@@ -223,17 +217,21 @@ def test_unknown_formulation_is_a_clear_error():
 
 
 def test_explain_reports_every_layer_and_honours_forcing():
+    odconv.set_dispatch("rules")  # CPU: what "auto" means here too
     model = timm.create_model("od_resnet18", kernel_num=1, num_classes=10).eval()
     rows = explain(model, torch.randn(2, 3, 32, 32))
     n_od = sum(isinstance(m, ODConv2d) for m in model.modules())
     assert len(rows) == n_od == 16
-    assert {f for _, _, f in rows} <= set(FORMULATIONS)
-    assert rows[0][0] == "layer1.0.conv1" and rows[0][1].height == 8
+    assert {r.formulation for r in rows} <= set(FORMULATIONS) and {r.reason for r in rows} == {"rule"}
+    assert rows[0].layer == "layer1.0.conv1" and rows[0].shape.height == 8
     model.get_submodule("layer1.0.conv1").formulation = "grouped"
     with use_formulation("bmm"):
         forced = explain(model, torch.randn(2, 3, 32, 32))
-    assert forced[0][2] == "grouped" and all(f == "bmm" for _, _, f in forced[1:])
-    assert "layer1.0.conv1" in format_explain(rows)
+    assert forced[0].formulation == "grouped" and all(r.formulation == "bmm" for r in forced[1:])
+    assert all(r.reason == "forced" for r in forced)
+    table = format_explain(rows)
+    assert "layer1.0.conv1" in table and " rule" in table
+    odconv.set_dispatch("auto")
 
 
 def test_torch_compile_full_graph_matches_eager():
@@ -254,20 +252,67 @@ def test_torch_compile_full_graph_matches_eager():
             assert rel_err(a, p.grad) < 1e-5
 
 
-def test_ddp_gradients_match_single_process():
-    torch.manual_seed(0)
-    model = nn.Sequential(ODConv2d(8, 8, 3, padding=1, kernel_num=2), nn.ReLU(), ODConv2d(8, 4, 1, kernel_num=1))
-    x = torch.randn(4, 8, 6, 6)
-    model(x).square().mean().backward()
-    expected = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    with tempfile.TemporaryDirectory() as d:
-        store = dist.FileStore(os.path.join(d, "store"), 1)
-        dist.init_process_group("gloo", store=store, rank=0, world_size=1)
-        try:
-            ddp = nn.parallel.DistributedDataParallel(model)
-            ddp(x).square().mean().backward()
-        finally:
-            dist.destroy_process_group()
-    for e, p in zip(expected, model.parameters()):
-        assert rel_err(p.grad, e) < 1e-6
+# The functional core with attentions absent (None = 1), as CondConv and DyConv call it (kernel attention only).
+# (in, out, kernel, stride, padding, groups, kernel_num, batch, size)
+CORE_SHAPES = {
+    "3x3": (8, 12, 3, 1, 1, 1, 3, 3, 7),
+    "3x3-stride2": (8, 12, 3, 2, 1, 1, 2, 3, 7),
+    "1x1": (12, 8, 1, 1, 0, 1, 3, 3, 5),
+    "grouped": (8, 12, 3, 1, 1, 2, 2, 3, 6),
+    "depthwise": (8, 8, 3, 1, 1, 8, 2, 3, 6),
+}
+SUBSETS = {  # which of channel, filter, spatial, kernel the call has
+    "kernel-only": "k", "no-channel": "fsk", "channel-only": "c", "none": "", "channel-filter": "cf",
+}
+
+
+def _reference_core(x, weight, channel, filt, spatial, kernel, stride, padding, groups):
+    """The equation, one sample at a time: y[b] = a_f * conv(x[b] * a_c, sum_i a_k[i] * a_s * W_i)."""
+    outs = []
+    for b in range(x.shape[0]):
+        k = weight.shape[0] if kernel is not None else 1
+        w = sum((kernel[b, i] if kernel is not None else 1.0) * weight[i] for i in range(k))
+        if spatial is not None:
+            w = w * spatial[b]
+        xb = x[b: b + 1] if channel is None else x[b: b + 1] * channel[b].view(1, -1, 1, 1)
+        y = F.conv2d(xb, w, None, stride, padding, 1, groups)
+        outs.append(y if filt is None else y * filt[b].view(1, -1, 1, 1))
+    return torch.cat(outs)
+
+
+def _core_inputs(shape_name, subset):
+    cin, cout, k, s, p, g, kn, b, n = CORE_SHAPES[shape_name]
+    kn = kn if "k" in subset else 1
+    torch.manual_seed(3)
+    pos = dict(dtype=torch.float64)
+    x = torch.randn(b, cin, n, n, **pos)
+    weight = torch.randn(kn, cout, cin // g, k, k, **pos)
+    channel = torch.rand(b, cin, **pos) + 0.5 if "c" in subset else None
+    filt = torch.rand(b, cout, **pos) + 0.5 if "f" in subset else None
+    spatial = torch.rand(b, k, k, **pos) + 0.5 if "s" in subset and k > 1 else None
+    kernel = torch.softmax(torch.randn(b, kn, **pos), 1) if "k" in subset else None
+    tensors = [t if t is None else t.requires_grad_() for t in (x, weight, channel, filt, spatial, kernel)]
+    return tensors, ((s, s), (p, p), (1, 1), g)
+
+
+def _computes(formulation, name, subset) -> bool:
+    tensors, (stride, _, _, groups) = _core_inputs(name, SUBSETS[subset])
+    return REGISTRY[formulation].can_compute(LayerShape.of_call(*tensors, stride, groups))
+
+
+CORE_CASES = [(f, n, a) for n in CORE_SHAPES for a in SUBSETS for f in FORMULATIONS if _computes(f, n, a)]
+
+
+@pytest.mark.parametrize("formulation,name,subset", CORE_CASES, ids=[f"{f}-{n}-{a}" for f, n, a in CORE_CASES])
+def test_core_with_absent_attentions_matches_float64_reference(formulation, name, subset):
+    tensors, (stride, padding, dilation, groups) = _core_inputs(name, SUBSETS[subset])
+    y = odconv.odconv2d(*tensors, stride, padding, dilation, groups, None, formulation)
+    g = torch.randn_like(y)
+    grads = torch.autograd.grad(y, [t for t in tensors if t is not None], g)
+    leaves = [None if t is None else t.detach().clone().requires_grad_() for t in tensors]
+    y_ref = _reference_core(*leaves, stride, padding, groups)
+    grads_ref = torch.autograd.grad(y_ref, [t for t in leaves if t is not None], g)
+    assert rel_err(y, y_ref) < 1e-12, f"output {rel_err(y, y_ref)}"
+    names = [n for n, t in zip(("x", "weight", "channel", "filt", "spatial", "kernel"), tensors) if t is not None]
+    for n, a, r in zip(names, grads, grads_ref):
+        assert rel_err(a, r) < 1e-12, f"grad of {n}: {rel_err(a, r)}"

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .autograd import _apply_autocast, _as_param_grad, _mix
+from .common import Formulation, apply_autocast, as_param_grad, output_mix, scale_input
 
 
 def _stacked(weight: Tensor, dtype) -> Tensor:
@@ -32,7 +32,7 @@ def _stacked(weight: Tensor, dtype) -> Tensor:
 
 def _output_factors(filt: Optional[Tensor], kernel: Optional[Tensor], b: int, o: int, k: int, like: Tensor) -> Tensor:
     """a_f (x) a_k as (B, O, K), the factor on each of the K convolution outputs (ones where both are absent)."""
-    mix = _mix(filt, kernel, b, k, o, like.dtype)
+    mix = output_mix(filt, kernel, b, k, o, like.dtype)
     return (like.new_ones(b, k, o) if mix is None else mix).transpose(1, 2)
 
 
@@ -41,9 +41,9 @@ class FeatureODConv(torch.autograd.Function):
     def forward(ctx, x, weight, channel, filt, spatial, kernel, stride, padding, dilation, groups):
         k, o = weight.shape[:2]
         b = x.shape[0]
-        z = F.conv2d(x * channel[:, :, None, None].to(x.dtype), _stacked(weight, x.dtype), None, stride, padding,
+        z = F.conv2d(scale_input(x, channel), _stacked(weight, x.dtype), None, stride, padding,
                      dilation, groups)
-        mix = _output_factors(filt, kernel, b, o, k, channel).to(x.dtype)
+        mix = _output_factors(filt, kernel, b, o, k, weight).to(x.dtype)
         ho, wo = z.shape[-2:]
         if k == 1:
             out = z * mix.view(b, o, 1, 1)
@@ -64,7 +64,7 @@ class FeatureODConv(torch.autograd.Function):
         g = grad_out.to(dtype)
         ho, wo = g.shape[-2:]
         z = z.view(b, o, k, ho, wo)
-        mix = _output_factors(filt, kernel, b, o, k, channel)
+        mix = _output_factors(filt, kernel, b, o, k, weight)
         g_filt = g_kernel = g_channel = g_weight = gx = None
         if ctx.needs_input_grad[3] or ctx.needs_input_grad[5]:
             gmix = (z * g[:, :, None]).sum((3, 4), dtype=acc)  # (B, O, K): dL/d(a_f a_k)
@@ -73,17 +73,17 @@ class FeatureODConv(torch.autograd.Function):
             if kernel is not None and ctx.needs_input_grad[5]:
                 g_kernel = (gmix * filt[:, :, None] if filt is not None else gmix).sum(1).to(kernel.dtype)
         gz = (g[:, :, None] * mix.to(dtype)[:, :, :, None, None]).reshape(b, o * k, ho, wo)
-        xs = x * channel[:, :, None, None].to(dtype)  # recomputed rather than saved
+        xs = scale_input(x, channel)  # recomputed rather than saved
         need_xs = ctx.needs_input_grad[0] or ctx.needs_input_grad[2]
         gxs, gw, _ = torch.ops.aten.convolution_backward(
             gz, xs, _stacked(weight, dtype), None, list(stride), list(padding), list(dilation), False, [0, 0],
             groups, [need_xs, ctx.needs_input_grad[1], False])
         if ctx.needs_input_grad[1]:
-            g_weight = _as_param_grad(gw.view(o, k, *weight.shape[2:]).transpose(0, 1), weight)
-        if ctx.needs_input_grad[2]:
+            g_weight = as_param_grad(gw.view(o, k, *weight.shape[2:]).transpose(0, 1), weight)
+        if channel is not None and ctx.needs_input_grad[2]:
             g_channel = (gxs * x).sum((2, 3), dtype=acc).to(channel.dtype)
         if ctx.needs_input_grad[0]:
-            gx = gxs * channel[:, :, None, None].to(dtype)
+            gx = gxs * channel[:, :, None, None].to(dtype) if channel is not None else gxs
         return gx, g_weight, g_channel, g_filt, None, g_kernel, None, None, None, None
 
 
@@ -92,5 +92,12 @@ def odconv2d_feature(x, weight, channel, filt, spatial, kernel, stride, padding,
     `spatial is None` (a 1x1 kernel)."""
     if spatial is not None:
         raise ValueError("the 'feature' formulation needs a layer without spatial attention (a 1x1 kernel)")
-    return _apply_autocast(FeatureODConv, x, weight, (channel, filt, None, kernel),
+    return apply_autocast(FeatureODConv, x, weight, (channel, filt, None, kernel),
                            (tuple(stride), tuple(padding), tuple(dilation), groups))
+
+
+def _no_spatial(shape) -> bool:
+    return not shape.has_spatial
+
+
+FORMULATION = Formulation("feature", odconv2d_feature, _no_spatial)

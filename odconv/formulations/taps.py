@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .autograd import _apply_autocast, _like_input
+from .common import Formulation, apply_autocast, like_input, ungrouped
 
 
 def _tap_windows(size: int, out_size: int, taps: int, stride: int, padding: int, dilation: int) -> Iterator:
@@ -61,9 +61,10 @@ def _nhwc(x: Tensor) -> Tensor:
     return x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
 
 
-def _scaled_input(x: Tensor, channel: Tensor) -> Tensor:
+def _scaled_input(x: Tensor, channel: Optional[Tensor]) -> Tensor:
     """x * a_c in channels_last layout, the input of the shared 1x1 conv."""
-    return x.contiguous(memory_format=torch.channels_last) * channel[:, :, None, None].to(x.dtype)
+    x = x.contiguous(memory_format=torch.channels_last)
+    return x if channel is None else x * channel[:, :, None, None].to(x.dtype)
 
 
 def _shared_weight(weight: Tensor, taps: list[int], dtype) -> Tensor:
@@ -102,7 +103,7 @@ class TapsODConv(torch.autograd.Function):
         n = len(taps)
         xs = _scaled_input(x, channel)
         z = _nhwc(F.conv2d(xs, _shared_weight(weight, taps, x.dtype))).view(b, h, w, k, n, o)
-        f = _tap_factors(spatial, kernel, b, k, t, channel).view(b, k, t)[:, :, taps]  # (B, K, n)
+        f = _tap_factors(spatial, kernel, b, k, t, weight).view(b, k, t)[:, :, taps]  # (B, K, n)
         f = (f[..., None] * filt[:, None, None, :] if filt is not None else f[..., None].expand(b, k, n, o))
         f = f.to(x.dtype)
         out = x.new_zeros(b, ho, wo, o)
@@ -111,7 +112,7 @@ class TapsODConv(torch.autograd.Function):
                 out[:, out_r, out_c].addcmul_(z[:, in_r, in_c, kk, j], f[:, None, None, kk, j])
         ctx.save_for_backward(x, weight, channel, filt, spatial, kernel)
         ctx.conf = (stride, padding, dilation)
-        return _like_input(out.permute(0, 3, 1, 2), x)
+        return like_input(out.permute(0, 3, 1, 2), x)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -140,7 +141,7 @@ class TapsODConv(torch.autograd.Function):
         p = pn.new_zeros(b, k, t, o)
         p[:, :, taps] = pn.view(b, k, n, o)
         p = p.view(b, k * t, o)
-        f = _tap_factors(spatial, kernel, b, k, t, channel).to(acc)  # (B, K*T)
+        f = _tap_factors(spatial, kernel, b, k, t, weight).to(acc)  # (B, K*T)
         af = filt.to(acc) if filt is not None else None
         g_filt = g_spatial = g_kernel = g_channel = g_weight = gx = None
         if af is not None and ctx.needs_input_grad[3]:
@@ -165,10 +166,10 @@ class TapsODConv(torch.autograd.Function):
             gw1 = gw1.view(k, n, o, c)
             for j, tap in enumerate(taps):
                 g_weight[:, :, :, tap // kw, tap % kw] = gw1[:, j]
-        if ctx.needs_input_grad[2]:
+        if channel is not None and ctx.needs_input_grad[2]:
             g_channel = (gxs * x).sum((2, 3), dtype=acc).to(channel.dtype)
         if ctx.needs_input_grad[0]:
-            gx = gxs * channel[:, :, None, None].to(dtype)
+            gx = gxs * channel[:, :, None, None].to(dtype) if channel is not None else gxs
         return gx, g_weight, g_channel, g_filt, g_spatial, g_kernel, None, None, None
 
 
@@ -176,5 +177,8 @@ def odconv2d_taps(x, weight, channel, filt, spatial, kernel, stride, padding, di
     """`taps` formulation with the memory-saving backward (groups == 1)."""
     if groups != 1:
         raise ValueError("the 'taps' formulation needs groups == 1")
-    return _apply_autocast(TapsODConv, x, weight, (channel, filt, spatial, kernel),
+    return apply_autocast(TapsODConv, x, weight, (channel, filt, spatial, kernel),
                            (tuple(stride), tuple(padding), tuple(dilation)))
+
+
+FORMULATION = Formulation("taps", odconv2d_taps, ungrouped)

@@ -1,0 +1,76 @@
+"""``grouped``: the released formulation. a_c on the input, a_s and a_k folded into a per-sample kernel, one
+convolution with ``groups = B * groups`` over the batch seen as one image, a_f on the output. Autograd keeps the
+per-sample kernel and the scaled input alive for the backward pass. Computes every layer.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .common import Formulation, any_layer
+
+
+def aggregate_kernels(weight: Tensor, spatial: Optional[Tensor], kernel: Optional[Tensor]) -> Tensor:
+    """Per-sample kernel sum_i kernel[b, i] * spatial[b] * W_i: (B, O, I/g, kh, kw), as released."""
+    if kernel is None:
+        w = weight[0].unsqueeze(0)  # (1, O, I/g, kh, kw)
+        return w if spatial is None else w * spatial[:, None, None]
+    if spatial is None:
+        return torch.einsum("bk,koihw->boihw", kernel, weight)
+    return _MixedSpatialKernels.apply(kernel, spatial, weight)
+
+
+class _MixedSpatialKernels(torch.autograd.Function):
+    """sum_i a_k[b, i] * a_s[b] * W_i for K > 1 and a spatial attention, keeping only the attentions and W for the
+    backward pass. Under plain autograd the mixed kernel before the a_s scaling is kept for the a_s gradient (a
+    second per-sample kernel: twice the released code's memory); one einsum over a_k (x) a_s instead is a
+    batched GEMM over the taps whose result needs a copy into the conv's layout (a slow, fresh 38 MB per
+    ResNet50 layer3 conv)."""
+
+    @staticmethod
+    def forward(ctx, kernel, spatial, weight):
+        b, k, t = kernel.shape[0], weight.shape[0], spatial[0].numel()
+        w = (kernel @ weight.reshape(k, -1)).view(b, -1, t)
+        w.mul_(spatial.reshape(b, 1, t).to(w.dtype))  # in place: w is this function's own buffer
+        ctx.save_for_backward(kernel, spatial, weight)
+        return w.view(b, *weight.shape[1:])
+
+    @staticmethod
+    def backward(ctx, grad):
+        kernel, spatial, weight = ctx.saved_tensors
+        b, k, t = kernel.shape[0], weight.shape[0], spatial[0].numel()
+        dtype = grad.dtype
+        g = grad.reshape(b, -1, t)
+        a_k, a_s = kernel.to(dtype), spatial.reshape(b, t).to(dtype)
+        m = torch.einsum("bnt,knt->bkt", g, weight.reshape(k, -1, t).to(dtype))  # sum_n dL/dW[b] * W_i
+        g_kernel = (m * a_s[:, None]).sum(2).to(kernel.dtype) if ctx.needs_input_grad[0] else None
+        g_spatial = None
+        if ctx.needs_input_grad[1]:
+            g_spatial = (m * a_k[:, :, None]).sum(1).view(spatial.shape).to(spatial.dtype)
+        g_weight = None
+        if ctx.needs_input_grad[2]:
+            g_weight = torch.einsum("bj,bnt->jnt", a_k, g * a_s[:, None]).reshape(weight.shape).to(weight.dtype)
+        return g_kernel, g_spatial, g_weight
+
+
+def odconv2d_grouped(x, weight, channel, filt, spatial, kernel, stride, padding, dilation, groups) -> Tensor:
+    """The released formulation: one per-sample kernel per sample, run as one grouped conv over the batch."""
+    b, c, h, w_ = x.shape
+    if channel is not None:
+        x = x * channel[:, :, None, None]
+    if spatial is None and kernel is None:
+        # 1x1, single kernel: the released code runs the static conv here (`_forward_impl_pw1x`).
+        out = F.conv2d(x, weight[0], None, stride, padding, dilation, groups)
+    else:
+        agg = aggregate_kernels(weight, spatial, kernel).reshape(-1, *weight.shape[2:])  # (B*O, I/g, kh, kw)
+        out = F.conv2d(x.reshape(1, b * c, h, w_), agg, None, stride, padding, dilation, groups * b)
+        out = out.view(b, -1, out.shape[-2], out.shape[-1])
+    if filt is not None:
+        out = out * filt[:, :, None, None]
+    return out
+
+
+FORMULATION = Formulation("grouped", odconv2d_grouped, any_layer)
