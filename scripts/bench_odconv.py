@@ -10,71 +10,38 @@ median time over repeats divided by the static conv's. Two sections:
   (batch 16, 224px) and od_resnet18 1x (batch 64, 32px) over their static twins; eval at batch 1 and 16. The
   released column runs every ODConv layer of the same model through `ReleasedODConv2d.forward`.
 
-Memory: on CUDA the peak of `torch.cuda.max_memory_allocated` during the step minus the memory before it. On CPU
-the allocator keeps no peak, so we report the bytes autograd holds for the backward pass (every distinct storage
-saved by `saved_tensors_hooks`, plus the output): that is what a training step's peak grows with; weights and
-transient buffers inside one op are not in it.
+Timing, memory and the released baseline are in `bench_measure.py` (shared with `gpu_check.py`).
 
     python scripts/bench_odconv.py --section layers --quick       # a few shapes, a minute on 2 cores
     python scripts/bench_odconv.py --section all --device cuda    # everything
+    python scripts/bench_odconv.py --section layers --out benchmarks/layers.txt   # the table also into a file
+    python scripts/bench_odconv.py --section models --dispatch rules measured --skip-released  # two dispatches
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import re
 import sys
-from copy import deepcopy
 import time
 from pathlib import Path
-from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import timm  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-import models  # noqa: E402,F401  (registers the zoo with timm)
-from odconv import ODConv2d  # noqa: E402
-from odconv.dispatch import LayerShape, choose, use_formulation  # noqa: E402
-from odconv.formulations import FORMULATIONS, supported  # noqa: E402
+import bench_measure  # noqa: E402
+from bench_measure import DISPATCH_MODES, MODEL_ROWS, ReleasedODConv2d, compare, model_variants  # noqa: E402
+from odconv import FORMULATIONS, ODConv2d, explain, use_formulation  # noqa: E402
+from odconv.dispatch import LayerShape, choose  # noqa: E402
+from odconv.formulations import supported  # noqa: E402
 
 ZOO = ("od_resnet18", "od_resnet34", "od_resnet50", "od_resnet101",
        "od_mobilenetv2_050", "od_mobilenetv2_075", "od_mobilenetv2_100")
 SETTINGS = {224: 16, 32: 64}  # input size -> batch
 QUICK_SHAPES = 6
-
-
-class ReleasedODConv2d(ODConv2d):
-    """The released `ODConv2d._forward_impl_common` / `_forward_impl_pw1x` (OSVAI/ODConv, modules/odconv.py),
-    on our parameters (same names), so it is the baseline whatever our `odconv2d_grouped` becomes."""
-
-    def forward(self, x):
-        ch, fi, sp, ke = self.attention(x)
-        b, c, h, w = x.shape
-        one = 1.0
-        fi = one if fi is None else fi.view(b, -1, 1, 1)
-        x = x * ch.view(b, -1, 1, 1)
-        if self.kernel_size == (1, 1) and self.kernel_num == 1:
-            out = F.conv2d(x, self.weight.squeeze(0), None, self.stride, self.padding, self.dilation, self.groups)
-            return out * fi
-        sp = one if sp is None else sp.view(b, 1, 1, 1, *self.kernel_size)
-        ke = one if ke is None else ke.view(b, -1, 1, 1, 1, 1)
-        agg = torch.sum(sp * ke * self.weight.unsqueeze(0), dim=1).view(-1, c // self.groups, *self.kernel_size)
-        out = F.conv2d(x.reshape(1, -1, h, w), agg, None, self.stride, self.padding, self.dilation,
-                       self.groups * b)
-        return out.view(b, self.out_channels, out.shape[-2], out.shape[-1]) * fi
-
-
-def released_copy(model: nn.Module) -> nn.Module:
-    """A copy of `model` whose ODConv layers run `ReleasedODConv2d.forward` (same parameters and attentions)."""
-    copy = deepcopy(model)
-    for m in copy.modules():
-        if isinstance(m, ODConv2d):
-            m.__class__ = ReleasedODConv2d
-    return copy
 
 
 def zoo_shapes(res: int, batch: int, zoo=ZOO) -> list[LayerShape]:
@@ -90,78 +57,6 @@ def zoo_shapes(res: int, batch: int, zoo=ZOO) -> list[LayerShape]:
             for h in hooks:
                 h.remove()
     return list(seen)
-
-
-class SavedBytes:
-    """Bytes of the distinct storages autograd saves for backward inside the block (CPU memory proxy)."""
-
-    def __init__(self):
-        self.storages: dict[int, int] = {}
-
-    def pack(self, t):
-        st = t.untyped_storage()
-        self.storages[st.data_ptr()] = st.nbytes()
-        return t
-
-    def __enter__(self):
-        self.ctx = torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)
-        self.ctx.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.ctx.__exit__(*exc)
-
-    @property
-    def total(self) -> int:
-        return sum(self.storages.values())
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-CLOCK = time.perf_counter
-
-
-def measure(step: Callable[[], torch.Tensor], device, params) -> tuple[float, int]:
-    """(seconds, bytes) of one call; bytes as described in the module docstring."""
-    for p in params:
-        p.grad = None
-    sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        t0 = time.perf_counter()
-        step()
-        sync(device)
-        return time.perf_counter() - t0, torch.cuda.max_memory_allocated(device) - base
-    t0 = CLOCK()
-    step()
-    return CLOCK() - t0, 0
-
-
-def saved_bytes(forward: Callable[[], torch.Tensor]) -> int:
-    with SavedBytes() as sb:
-        out = forward()
-    return sb.total + out.untyped_storage().nbytes()
-
-
-def compare(variants: dict[str, tuple[Callable, Callable, list]], device, repeats: int, warmup: int = 1):
-    """variants: name -> (timed step, forward for the memory proxy or None, params). Interleaved minima."""
-    times = {n: [] for n in variants}
-    mem = {n: 0 for n in variants}
-    for r in range(warmup + repeats):
-        for n, (step, _, params) in variants.items():
-            t, m = measure(step, device, params)
-            if r >= warmup:
-                times[n].append(t)
-                mem[n] = max(mem[n], m)
-    if device.type == "cpu":
-        for n, (_, fwd, _) in variants.items():
-            mem[n] = saved_bytes(fwd) if fwd is not None else 0
-    # The minimum, not the median: on a shared machine the other processes only ever add time.
-    return {n: min(v) for n, v in times.items()}, mem
 
 
 def layer_variants(shape: LayerShape, device, formulations, train: bool):
@@ -210,25 +105,41 @@ def fmt_shape(s: LayerShape) -> str:
             f"g{s.groups:<4d} K{s.kernel_num} {s.height:3d}px b{s.batch}")
 
 
-def run_layers(args, device):
+def run_layers(args, device, header: str):
+    """The layer table on stdout, and with --out also into that file (the tables BENCHMARKS.md links to)."""
+    file = None
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        file = open(args.out, "w")
+
+    def emit(line: str) -> None:
+        print(line, flush=True)
+        if file is not None:
+            file.write(line + "\n")
+            file.flush()
+
     cols = ["released", "ours"] + [f"={f}" for f in args.formulations]
-    print(f"\n## Layers: time / static conv (min of {args.repeats}); mem = saved-for-backward / static")
+    if file is not None:
+        file.write(header + "\n")
+    emit(f"\n## Layers: time / static conv (min of {args.repeats}); mem = saved-for-backward / static")
     for res in args.res:
         shapes = zoo_shapes(res, SETTINGS[res], args.zoo)
         if args.quick:
             shapes = [s for s in shapes if s.kernel_size != (1, 1) or s.kernel_num > 1][:QUICK_SHAPES]
-        print(f"\n### {res}px, batch {SETTINGS[res]}: {len(shapes)} distinct shapes")
-        print(f"{'shape':42s} {'pass':7s} {'static ms':>9s} " + " ".join(f"{c:>9s}" for c in cols) + "  choice")
+        emit(f"\n### {res}px, batch {SETTINGS[res]}: {len(shapes)} distinct shapes")
+        emit(f"{'shape':42s} {'pass':7s} {'static ms':>9s} " + " ".join(f"{c:>9s}" for c in cols) + "  choice")
         for s in shapes:
             for train in (False, True):
                 v = layer_variants(s, device, args.formulations, train)
                 t, m = compare(v, device, args.repeats)
                 row = " ".join(f"{t[c] / t['static']:9.2f}" if c in t else f"{'-':>9s}" for c in cols)
-                print(f"{fmt_shape(s):42s} {'fwd+bwd' if train else 'fwd':7s} {t['static'] * 1e3:9.2f} {row}  "
-                      f"{choose(s, device.type, train)}", flush=True)
+                emit(f"{fmt_shape(s):42s} {'fwd+bwd' if train else 'fwd':7s} {t['static'] * 1e3:9.2f} {row}  "
+                     f"{choose(s, device.type, train)}")
                 if train:
                     mrow = " ".join(f"{m[c] / max(m['static'], 1):9.2f}" if c in m else f"{'-':>9s}" for c in cols)
-                    print(f"{'':42s} {'mem':7s} {m['static'] / 2**20:8.1f}M {mrow}")
+                    emit(f"{'':42s} {'mem':7s} {m['static'] / 2**20:8.1f}M {mrow}")
+    if file is not None:
+        file.close()
 
 
 LAYER_ROW = re.compile(r"(.{42}) (fwd\+bwd|fwd|mem)\s+(.*)")
@@ -278,45 +189,16 @@ def summarize_layers(path: str, slower: float = 1.10) -> None:
     print("\n".join(flagged))
 
 
-MODEL_ROWS = [("od_resnet50", 1, 16, 224), ("od_resnet50", 4, 16, 224), ("od_mobilenetv2_100", 1, 16, 224),
-              ("od_mobilenetv2_100", 4, 16, 224), ("od_resnet18", 1, 64, 32)]
-
-
-def model_variants(name, k, batch, res, device, train: bool, skip_released: bool = False, compile: bool = False):
-    static = timm.create_model(name.replace("od_", "static_"), num_classes=10).to(device)
-    od = timm.create_model(name, kernel_num=k, num_classes=10).to(device)
-    released = None if skip_released else released_copy(od)
-    if compile:
-        # Every network compiled (inductor); the warm-up call of `compare` triggers the compilation.
-        static, od, released = (None if m is None else torch.compile(m) for m in (static, od, released))
-    x = torch.randn(batch, 3, res, res, device=device)
-    y = torch.randint(0, 10, (batch,), device=device)
-
-    def make(model, form=None):
-        model.train(train)
-
-        def fwd():
-            with use_formulation(form) if form else contextlib.nullcontext():
-                return F.cross_entropy(model(x), y)
-
-        def step():
-            if not train:
-                with torch.no_grad():
-                    return fwd()
-            loss = fwd()
-            loss.backward()
-            return loss
-        return step, (fwd if train else None), list(model.parameters())
-    variants = {"static": make(static), "ours": make(od)}
-    if released is not None:
-        variants["released"] = make(released)
-    return variants
-
-
 def run_models(args, device):
-    print(f"\n## Models: time and memory / static twin (min of {args.model_repeats})")
-    print(f"{'model':22s} {'K':>2s} {'batch':>5s} {'res':>4s} {'pass':10s} {'static ms':>10s} {'released':>9s} "
-          f"{'ours':>7s} {'mem rel':>8s} {'mem ours':>8s}")
+    """Models over their static twins. With --dispatch, one column per dispatch mode ("ours:MODE") instead of
+    "ours", each on its own copy of the same weights; "tune s" is the measured modes' first (tuning) call."""
+    ours = [f"ours:{m}" for m in args.dispatch] or ["ours"]
+    cols = ([] if args.skip_released else ["released"]) + ours
+    tuned = [c for c in ours if c.endswith(":measured") or c.endswith(":auto")]
+    print(f"\n## Models: time and memory / static twin (min of {args.model_repeats}, amp {args.amp})")
+    print(f"{'model':22s} {'K':>2s} {'batch':>5s} {'res':>4s} {'pass':10s} {'static ms':>10s} "
+          + " ".join(f"{c:>13s}" for c in cols) + " " + " ".join(f"{'mem ' + c:>17s}" for c in cols)
+          + "".join(f" {'tune s':>7s}" for _ in tuned))
     rows = [r for r in MODEL_ROWS if (not args.models or r[0] in args.models)
             and (not args.kernel_nums or r[1] in args.kernel_nums)]
     for name, k, batch, res in rows:
@@ -324,25 +206,44 @@ def run_models(args, device):
         for kind, b in passes:
             if args.passes and f"{kind}{b}" not in args.passes:
                 continue
-            v = model_variants(name, k, b, res, device, kind == "train", args.skip_released, args.compile)
-            t, m = compare(v, device, args.model_repeats)
-            t.setdefault("released", float("nan"))
-            m.setdefault("released", float("nan"))
-            mem = (f"{m['released'] / m['static']:8.2f} {m['ours'] / m['static']:8.2f}"
-                   if kind == "train" and m["static"] else "")
+            v = model_variants(name, k, b, res, device, kind == "train", released=not args.skip_released,
+                               modes=tuple(args.dispatch), amp=args.amp, compile=args.compile)
+            first: dict[str, float] = {}
+            t, m = compare(v, device, args.model_repeats, first_call=first)
+            mem = (" ".join(f"{m[c] / m['static']:17.2f}" for c in cols)
+                   if kind == "train" and m["static"] else " " * 18 * len(cols))
             print(f"{name:22s} {k:2d} {b:5d} {res:4d} {kind:10s} {t['static'] * 1e3:10.1f} "
-                  f"{t['released'] / t['static']:9.2f} {t['ours'] / t['static']:7.2f} {mem}", flush=True)
+                  + " ".join(f"{t[c] / t['static']:13.2f}" for c in cols) + " " + mem
+                  + "".join(f" {first[c]:7.1f}" for c in tuned), flush=True)
 
 
 def profile_model(spec: str, device, rows: int = 25) -> None:
     """torch.profiler table (self time, grouped by op and input shapes) of two training steps of one model, after
-    a warm-up step. `spec` is NAME:K:BATCH:RES, e.g. od_resnet50:4:16:224."""
-    from torch.profiler import profile
+    a warm-up step, then the forward time of its ODConv layers by the formulation `explain` says they use.
+    `spec` is NAME:K:BATCH:RES, e.g. od_resnet50:4:16:224."""
+    from torch.profiler import profile, record_function
 
     name, k, batch, res = spec.split(":")
     model = timm.create_model(name, kernel_num=int(k), num_classes=10).to(device).train()
     x = torch.randn(int(batch), 3, int(res), int(res), device=device)
     y = torch.randint(0, 10, (int(batch),), device=device)
+    used = {row[0]: row[2] for row in explain(model, x)}  # layer name -> formulation
+    # Each ODConv layer's forward is one labelled range, so the profile can be read per formulation.
+    ranges = {}
+
+    def enter(mod, args, label):
+        ranges[label] = record_function(label)
+        ranges[label].__enter__()
+
+    def leave(mod, args, out, label):
+        ranges.pop(label).__exit__(None, None, None)
+
+    hooks = []
+    for layer, m in model.named_modules():
+        if layer in used:
+            label = f"odconv.{used[layer]}:{layer}"
+            hooks.append(m.register_forward_pre_hook(lambda mod, a, label=label: enter(mod, a, label)))
+            hooks.append(m.register_forward_hook(lambda mod, a, o, label=label: leave(mod, a, o, label)))
 
     def step():
         F.cross_entropy(model(x), y).backward()
@@ -351,9 +252,22 @@ def profile_model(spec: str, device, rows: int = 25) -> None:
     with profile(record_shapes=True) as prof:
         for _ in range(2):
             step()
+    for h in hooks:
+        h.remove()
     print(f"\n## Profile: {spec}, two training steps")
     print(prof.key_averages(group_by_input_shape=True).table(
         sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=36, max_shapes_column_width=90))
+    per_formulation: dict[str, list] = {}
+    for e in prof.key_averages():
+        if e.key.startswith("odconv."):
+            form = e.key.split(":")[0].removeprefix("odconv.")
+            acc = per_formulation.setdefault(form, [0, 0.0])
+            acc[0] += 1
+            acc[1] += e.cpu_time_total / 1e3
+    print(f"\n## ODConv layers by formulation: forward only, two steps")
+    print(f"{'formulation':12s} {'layers':>6s} {'forward ms':>11s}")
+    for form, (n, ms) in sorted(per_formulation.items(), key=lambda kv: -kv[1][1]):
+        print(f"{form:12s} {n:6d} {ms:11.1f}")
 
 
 def main(argv=None) -> None:
@@ -374,6 +288,10 @@ def main(argv=None) -> None:
     p.add_argument("--skip-released", action="store_true",
                    help="models without the released formulation (od_resnet18 at 32px, batch 64 needs >13 GB with it)")
     p.add_argument("--compile", action="store_true", help="models section: torch.compile every network first")
+    p.add_argument("--dispatch", nargs="*", default=[], choices=DISPATCH_MODES,
+                   help="models section: one column per ODConv dispatch mode (odconv.set_dispatch) instead of 'ours'")
+    p.add_argument("--amp", choices=["none", "bf16"], default="none", help="models section: autocast dtype")
+    p.add_argument("--out", metavar="FILE", help="layers section: also write the table to FILE (e.g. benchmarks/)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--model-repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
@@ -383,8 +301,7 @@ def main(argv=None) -> None:
     if args.summarize:
         summarize_layers(args.summarize)
         return
-    global CLOCK
-    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    bench_measure.CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -392,10 +309,12 @@ def main(argv=None) -> None:
     if args.profile:
         profile_model(args.profile, device)
         return
-    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, clock {args.clock}, "
-          f"command: {' '.join(sys.argv)}")
+    command = " ".join(["python scripts/bench_odconv.py"] + (sys.argv[1:] if argv is None else list(argv)))
+    header = (f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, clock {args.clock}, "
+              f"command: {command}")
+    print(header)
     if args.section in ("layers", "all"):
-        run_layers(args, device)
+        run_layers(args, device, header)
     if args.section in ("models", "all"):
         run_models(args, device)
 
