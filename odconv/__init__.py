@@ -1,4 +1,5 @@
 """ODConv: omni-dimensional dynamic convolution (Li, Zhou, Yao, ICLR 2022). Depends on torch only."""
+from . import tuning
 from .attention import Attentions, ODAttention
 from .conv import ODConv2d
 from .convert import convert
@@ -10,5 +11,5 @@ from .temperature import set_temperature, temperature_schedule
 
 __all__ = [
     "FORMULATIONS", "Attentions", "ODAttention", "ODConv2d", "convert", "explain", "format_explain", "odconv2d",
-    "set_temperature", "temperature_schedule", "use_formulation", "get_dispatch", "set_dispatch",
+    "set_temperature", "temperature_schedule", "use_formulation", "get_dispatch", "set_dispatch", "tuning",
 ]

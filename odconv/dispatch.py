@@ -158,11 +158,14 @@ def decide(layer_choice: Optional[str], x, weight, channel, filt, spatial, kerne
     if measures(x.device.type) or tuning.measuring():
         key = tuning.call_key(shape, x, padding, dilation, backward)
         choice = tuning.lookup(x.device, key)
+        rule = choose(shape, x.device.type, backward)
         if choice is None and tuning.may_measure():
             args = (x, weight, channel, filt, spatial, kernel, stride, padding, dilation, groups)
-            choice = tuning.measure(x.device, key, candidates(shape), args, backward)
+            names = [rule] + [n for n in candidates(shape) if n != rule]
+            choice = tuning.measure(x.device, key, names, args, backward)
         if choice is not None and choice.formulation in FORMULATIONS and get(choice.formulation).can_compute(shape):
             return Decision(choice.formulation, "measured", choice.times)
+        return Decision(rule, "rule")
     return Decision(choose(shape, x.device.type, backward), "rule")
 
 

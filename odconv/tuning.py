@@ -48,23 +48,26 @@ _measuring = 0  # depth of `tune` calls: measure misses whatever the dispatch mo
 _spent = {"keys": 0, "seconds": 0.0, "logged": False}
 
 
-def wall_clock(name: str, run: Callable[[], None]) -> float:
+def wall_clock(name: str, run: Callable[[], None], limit: float = float("inf")) -> float:
     """Seconds one `run()` takes: one warm-up (allocations, oneDNN primitives, cuDNN's own search), then the
-    median of `REPEATS` runs, synchronising the GPU around each."""
-    run()
+    median of `REPEATS` runs, synchronising the GPU around each. A candidate whose warm-up already takes more
+    than `limit` is not run again (some take seconds where the best takes milliseconds)."""
     sync = torch.cuda.synchronize if torch.cuda.is_available() and torch.cuda.is_initialized() else (lambda: None)
     times = []
-    for _ in range(REPEATS):
+    for i in range(REPEATS + 1):
         sync()
         start = time.perf_counter()
         run()
         sync()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        if i == 0 and times[0] > limit:
+            return times[0]
+    return statistics.median(times[1:])
 
 
-# timer(formulation name, run) -> seconds. A module attribute so tests can give it a fake clock.
-timer: Callable[[str, Callable[[], None]], float] = wall_clock
+# timer(formulation name, run, limit) -> seconds. A module attribute so tests can give it a fake clock.
+timer: Callable[[str, Callable[[], None], float], float] = wall_clock
+CUTOFF = 10.0  # a candidate slower than CUTOFF x the best so far in its warm-up is not timed further
 
 
 def call_key(shape: LayerShape, x: Tensor, padding, dilation, backward: bool) -> str:
@@ -180,7 +183,8 @@ def _runner(name: str, args: tuple, backward: bool) -> Callable[[], None]:
 
 
 def measure(device: torch.device, key: str, names: list[str], args: tuple, backward: bool) -> Choice:
-    """Time every formulation in `names` on this call, remember and save the fastest."""
+    """Time every formulation in `names` (the likely best first: it sets the cut-off for the others) on this
+    call, remember and save the fastest."""
     _table(device)
     if not _spent["keys"]:
         log.info("odconv: measuring ODConv formulations for new layer calls on %s (cache %s)",
@@ -190,8 +194,9 @@ def measure(device: torch.device, key: str, names: list[str], args: tuple, backw
     start = time.perf_counter()
     times = {}
     for name in names:
+        best = min(times.values(), default=float("inf"))
         try:
-            times[name] = 1e3 * timer(name, _runner(name, args, backward))
+            times[name] = 1e3 * timer(name, _runner(name, args, backward), CUTOFF * best / 1e3)
         except (RuntimeError, ValueError) as e:  # out of memory at this size, or a shape it rejects
             log.debug("odconv: %s failed on %s: %s", name, key, e)
             times[name] = float("inf")

@@ -104,6 +104,7 @@ class TrainerConfig:
     stop_after_steps: Optional[int] = None  # debug: behave as if preempted after this many steps (save, exit)
     progress: bool = True  # rank-0 progress line
     threads: Optional[int] = None  # torch intra-op threads per process; None = torch's default (all cores)
+    odconv_dispatch: str = "auto"  # rules | measured | auto (measured on CUDA): odconv.set_dispatch
 
 
 @dataclass
@@ -216,6 +217,7 @@ def validate(cfg: DictConfig | TrainConfig, world_size: int = 1) -> TrainConfig:
     _positive("trainer.accum_steps", t.accum_steps)
     _choice("trainer.device", t.device, {"auto", "cpu", "cuda"})
     _choice("trainer.amp", t.amp, {"none", "bf16", "fp16"})
+    _choice("trainer.odconv_dispatch", t.odconv_dispatch, {"rules", "measured", "auto"})
     if t.sync_bn and world_size > 1 and t.device == "cpu":
         raise ConfigError("trainer.sync_bn needs CUDA: torch's SyncBatchNorm has no CPU implementation")
     if not 0.0 < t.ema_decay < 1.0:

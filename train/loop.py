@@ -20,7 +20,8 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from odconv import set_temperature, temperature_schedule
+from odconv import set_dispatch, set_temperature, temperature_schedule, tuning
+from odconv.dispatch import measures
 
 from . import checkpoint as ckpt_lib
 from . import data as data_lib
@@ -81,6 +82,7 @@ def run(cfg) -> dict:
     c = validate(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1")))
     di = distributed.init(c.trainer.device)
     threads = torch.get_num_threads()
+    dispatch = set_dispatch(c.trainer.odconv_dispatch)
     try:
         if c.trainer.threads:
             torch.set_num_threads(c.trainer.threads)
@@ -88,6 +90,7 @@ def run(cfg) -> dict:
         return evaluate_checkpoint(c, di) if c.mode == "eval" else _train(c, di)
     finally:
         torch.set_num_threads(threads)  # tests call run() repeatedly in one process
+        set_dispatch(dispatch)
         distributed.shutdown()
 
 
@@ -145,6 +148,8 @@ def _train(c: TrainConfig, di: DistInfo) -> dict:
     log.info(f"run dir {run_dir} | {c.model.name} kernel_num={c.model.kernel_num} params={params / 1e6:.2f}M | "
              f"{di.world_size} process(es) on {di.device.type} | global batch {c.data.global_batch_size}, "
              f"{loaders.steps_per_epoch} steps/epoch, lr {optimizer.param_groups[0]['lr']:.4g}")
+    if measures(di.device.type):
+        _tune_dispatch(ctx, state)
     status = "completed"
     ctx.stop = StopRequest()
     try:
@@ -254,6 +259,19 @@ def train_one_epoch(ctx: Ctx, state: State) -> str | None:
         if t.save_every_steps and state.step % t.save_every_steps == 0 and state.batch < steps:
             _save(ctx, state, epoch_end=False)
     return None
+
+
+def _tune_dispatch(ctx: Ctx, state: State) -> None:
+    """Measured ODConv dispatch: rank 0 times the formulations on one real batch in eager mode (torch.compile
+    must not trace the timing), then every rank takes rank 0's choices, so all ranks compute the same way."""
+    if ctx.di.is_main:
+        rng = ckpt_lib.rng_state()  # drawing this batch must not change the run's random streams
+        x = next(_epoch_batches(ctx, state))[0].to(ctx.di.device)
+        ckpt_lib.set_rng_state(rng)
+        with ctx.autocast():
+            tuning.tune(ctx.model, x.contiguous(memory_format=torch.channels_last) if ctx.c.trainer.channels_last
+                        else x, training=True)
+    tuning.share_choices()
 
 
 def _epoch_batches(ctx: Ctx, state: State):
