@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import re
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 
+import models  # noqa: F401  (registers the zoo)
+import odconv
 from odconv.formulations import FORMULATIONS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import bench_cpu_probes  # noqa: E402
+import bench_measure  # noqa: E402
 import bench_odconv  # noqa: E402
 
 
@@ -23,18 +28,29 @@ def _restore_threads():
     torch.set_num_threads(n)
 
 
-def test_layer_section_prints_a_ratio_for_every_variant_and_the_dispatch_choice(capsys):
+def test_layer_section_prints_a_ratio_for_every_variant_and_the_dispatch_choice(capsys, tmp_path):
+    out_file = tmp_path / "benchmarks" / "layers.txt"
     bench_odconv.main(["--section", "layers", "--res", "32", "--zoo", "od_resnet18", "--quick", "--repeats", "1",
-                       "--threads", "1", "--formulations", "columns", "taps"])
+                       "--threads", "1", "--formulations", "columns", "taps", "--out", str(out_file)])
     out = capsys.readouterr().out
-    rows = [line.split() for line in out.splitlines() if re.search(r"\bfwd(\+bwd)?\b", line)]
-    assert len(rows) == 2 * bench_odconv.QUICK_SHAPES
-    for row in rows:
-        # shape (8 fields), pass, static ms, released, ours, =columns, =taps, choice
-        assert row[-1] in FORMULATIONS, row
+    lines = [line for line in out.splitlines() if re.search(r"\bfwd(\+bwd)?\b", line)]
+    assert len(lines) == 2 * bench_odconv.QUICK_SHAPES
+    for line in lines:
+        row = line.split()
+        # shape, pass, static ms, released, ours, =columns, =taps, choice
         ratios = [float(v) for v in row[-6:-1]]
         assert all(r > 0 for r in ratios), row
-    assert any(row[-1] == "taps" for row in rows), "the 32px ResNet18 3x3 layers should use the taps formulation"
+        cin, cout, kh, kw, st, g, k, px, b = map(int, bench_odconv.SHAPE.search(line).groups())
+        shape = bench_odconv.LayerShape(b, cin, cout, px, px, (kh, kw), (st, st), g, k, kh * kw > 1)
+        assert row[-1] == bench_odconv.choose(shape, "cpu", "fwd+bwd" in row), row
+    assert any(row.split()[-1] == "taps" for row in lines), "the 32px ResNet18 3x3 layers should use taps"
+    # --out: the same table, after a first line saying how it was made, which --summarize reads back.
+    written = out_file.read_text().splitlines()
+    assert written[0].startswith("torch ") and "command: python scripts/bench_odconv.py --section layers" in written[0]
+    assert written[1:] == out[out.index("\n## Layers"):].splitlines()[:len(written) - 1]
+    assert [line for line in written if line in lines] == lines
+    bench_odconv.main(["--summarize", str(out_file)])
+    assert re.match(r"\d+ time rows; chosen formulation over released: median", capsys.readouterr().out)
 
 
 def test_cpu_probes_print_throughput_and_the_fresh_memory_ratio(capsys):
@@ -47,18 +63,18 @@ def test_cpu_probes_print_throughput_and_the_fresh_memory_ratio(capsys):
 @pytest.mark.parametrize("kernel_num", [1, 4])
 def test_no_formulation_keeps_more_for_backward_than_the_released_code(kernel_num):
     torch.manual_seed(0)
-    layer = bench_odconv.ODConv2d(32, 32, 3, padding=1, kernel_num=kernel_num).train()
-    released = bench_odconv.ReleasedODConv2d(32, 32, 3, padding=1, kernel_num=kernel_num).train()
+    layer = odconv.ODConv2d(32, 32, 3, padding=1, kernel_num=kernel_num).train()
+    released = bench_measure.ReleasedODConv2d(32, 32, 3, padding=1, kernel_num=kernel_num).train()
     released.load_state_dict(layer.state_dict())
     x = torch.randn(8, 32, 14, 14, requires_grad=True)
-    base = bench_odconv.saved_bytes(lambda: released(x))
+    base = bench_measure.saved_bytes(lambda: released(x))
     for f in FORMULATIONS:
         if f == "feature" or (f == "columns" and kernel_num > 1):
             # feature: 1x1 layers only. columns keeps its K pre-mix outputs (K times the output), more than the
             # per-sample kernels on a map this large; the rules use it only where the kernel dwarfs the maps.
             continue
         layer.formulation = f
-        assert bench_odconv.saved_bytes(lambda: layer(x)) <= base, f
+        assert bench_measure.saved_bytes(lambda: layer(x)) <= base, f
     assert torch.allclose(layer(x), released(x), atol=1e-5)
 
 
@@ -77,9 +93,13 @@ def test_summary_of_a_saved_layer_table_lists_rows_where_the_rules_lose(tmp_path
     assert "fwd+bwd  released   4.00  taps 6.00" in out
 
 
-def test_profile_of_a_training_step_lists_odconv_ops_with_shapes(capsys):
+def test_profile_attributes_forward_time_to_the_formulations_the_dispatch_chose(capsys):
     bench_odconv.main(["--profile", "od_resnet18:1:2:32", "--threads", "1"])
     out = capsys.readouterr().out
     assert "Profile: od_resnet18:1:2:32" in out
-    assert "TapsODConvBackward" in out or "aten::convolution_backward" in out
     assert re.search(r"\[\[2, \d+, \d+, \d+\]", out)  # input shapes (batch 2) are recorded
+    table = out.split("## ODConv layers by formulation")[1].strip().splitlines()[2:]  # after title, header
+    profiled = {line.split()[0]: int(line.split()[1]) for line in table}
+    model = timm.create_model("od_resnet18", kernel_num=1, num_classes=10).train()
+    used = Counter(row.formulation for row in odconv.explain(model, torch.randn(2, 3, 32, 32)))
+    assert profiled == dict(used) and sum(used.values()) == 16  # every 3x3 conv of the 8 blocks
