@@ -143,7 +143,10 @@ def use_formulation(name: str) -> Iterator[None]:
 
 
 def _backward(tensors) -> bool:
-    """Whether autograd records this call (the key's train/eval: forward + backward, or forward only)."""
+    """Whether autograd records this call (the key's train/eval: forward + backward, or forward only). An
+    exported program is for inference: it takes the inference choice even though export traces with grad on."""
+    if torch.compiler.is_exporting():
+        return False
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 

@@ -203,16 +203,23 @@ def test_compile_never_tunes_inside_the_trace_and_uses_tuned_choices(fresh, monk
     assert fresh.calls == [] and traced  # the trace took the cached choice
 
 
-def test_export_keeps_working_with_measured_mode(fresh):
-    torch.manual_seed(0)
-    model = nn.Sequential(ODConv2d(8, 8, 3, padding=1, kernel_num=2), nn.ReLU(), ODConv2d(8, 4, 1)).eval()
-    x = torch.randn(2, 8, 6, 6)
+@pytest.mark.slow
+def test_export_of_od_resnet18_takes_the_inference_choices_without_tuning(fresh):
+    import models  # noqa: F401
+    import timm
+
+    fresh.times = {"columns": 0.001, "taps": 0.002}
+    model = timm.create_model("od_resnet18", kernel_num=4, num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        expected = model(x)  # eager: measures both inference keys
+        expected = model(x)  # eager inference: measures its keys
+    rows = odconv.explain(model, x)
+    assert {r.reason for r in rows} == {"measured"} and all(k.endswith(" eval") for k in tuning.choices()["cpu"])
     calls = len(fresh.calls)
     program = torch.export.export(model, (x,))
     assert len(fresh.calls) == calls  # nothing timed while exporting
-    assert rel_err(program.module()(x), expected) < 1e-6
+    # Export traces with autograd on, but takes the inference keys' choices: the same computation as eager.
+    assert rel_err(program.module()(x), expected) == 0.0
 
 
 def test_decide_explains_rule_choice_when_measuring_is_not_allowed(fresh, monkeypatch):
