@@ -148,8 +148,8 @@ def _train(c: TrainConfig, di: DistInfo) -> dict:
     log.info(f"run dir {run_dir} | {c.model.name} kernel_num={c.model.kernel_num} params={params / 1e6:.2f}M | "
              f"{di.world_size} process(es) on {di.device.type} | global batch {c.data.global_batch_size}, "
              f"{loaders.steps_per_epoch} steps/epoch, lr {optimizer.param_groups[0]['lr']:.4g}")
-    if measures(di.device.type):
-        _tune_dispatch(ctx, state)
+    if measures(di.device.type) and state.epoch < c.trainer.epochs:
+        _tune_dispatch(ctx, state.epoch)
     status = "completed"
     ctx.stop = StopRequest()
     try:
@@ -261,12 +261,12 @@ def train_one_epoch(ctx: Ctx, state: State) -> str | None:
     return None
 
 
-def _tune_dispatch(ctx: Ctx, state: State) -> None:
+def _tune_dispatch(ctx: Ctx, epoch: int) -> None:
     """Measured ODConv dispatch: rank 0 times the formulations on one real batch in eager mode (torch.compile
     must not trace the timing), then every rank takes rank 0's choices, so all ranks compute the same way."""
     if ctx.di.is_main:
         rng = ckpt_lib.rng_state()  # drawing this batch must not change the run's random streams
-        x = next(_epoch_batches(ctx, state))[0].to(ctx.di.device)
+        x = next(_epoch_batches(ctx, State(epoch)))[0].to(ctx.di.device)  # the epoch's first: no skipping
         ckpt_lib.set_rng_state(rng)
         with ctx.autocast():
             tuning.tune(ctx.model, x.contiguous(memory_format=torch.channels_last) if ctx.c.trainer.channels_last
