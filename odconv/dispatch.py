@@ -34,8 +34,8 @@ import torch
 from . import tuning
 from .formulations import FORMULATIONS, LayerShape, candidates, get
 
-__all__ = ["Decision", "LayerShape", "MODES", "choose", "decide", "get_dispatch", "recording", "resolve", "select",
-           "set_dispatch", "use_formulation"]
+__all__ = ["Decision", "LayerShape", "MODES", "choose", "decide", "get_dispatch", "measures", "recording", "resolve",
+           "select", "set_dispatch", "use_formulation"]
 
 MODES = ("rules", "measured", "auto")
 _mode = "auto"
