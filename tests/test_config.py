@@ -5,8 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CONFIGS, compose_cfg, run_train
-from train.config import ConfigError, lr_for, validate
+import yaml
+from omegaconf import OmegaConf
+
+from conftest import CONFIGS, REPO, compose_cfg, run_train
+from train.builders import data_defaults
+from train.config import ConfigError, TrainConfig, lr_for, validate
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 MODELS = sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml"))
@@ -26,7 +30,8 @@ def test_experiment_composes_with_released_recipe(name):
     c = validate(compose_cfg([f"experiment={name}"]))
     assert c.run_name == name  # runs/<experiment>/<timestamp>
     assert paper_row(c.model.name, c.model.kernel_num) is not None, f"{name} is not a row of the paper's table"
-    assert (c.data.format, c.data.img_size, c.data.crop_pct, c.data.global_batch_size) == ("folder", 224, 0.875, 256)
+    assert (c.data.format, c.data.img_size, c.data.global_batch_size) == ("folder", 224, 256)
+    assert data_defaults(c)["crop_pct"] == 0.875  # the model's pretrained_cfg: resize 256, crop 224
     assert (c.optim.name, c.optim.momentum, c.data.label_smoothing, c.sched.warmup_epochs) == ("sgd", 0.9, 0.0, 0)
     assert c.model.dropout == (0.2 if name.endswith("4x") else 0.1)
     if c.model.kernel_num:
@@ -37,6 +42,32 @@ def test_experiment_composes_with_released_recipe(name):
     else:
         assert (c.trainer.epochs, lr_for(c), c.optim.weight_decay) == (150, 0.05, 4e-5)
         assert (c.sched.name, c.sched.per_iteration) == ("cosine", True)
+
+
+BEFORE_RECIPES = yaml.safe_load((REPO / "tests" / "fixtures" / "composed_experiments.yaml").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(BEFORE_RECIPES))
+def test_experiments_compose_to_the_configs_they_had_before_the_recipe_group(name):
+    """Issue 13: the experiment files name a model and a recipe; the run they describe must not change. Two kinds of
+    key moved on purpose and are compared by the value the run uses: mean/std/crop_pct now come from the model's
+    pretrained_cfg (null in the config), and static models no longer carry ODConv's reduction (never passed)."""
+    before = BEFORE_RECIPES[name]
+    composed = compose_cfg([f"experiment={name}"])
+    after = OmegaConf.to_container(composed)
+    c = validate(composed)
+    in_effect = data_defaults(c)
+    for key in ("mean", "std", "crop_pct"):
+        assert after["data"][key] is None, f"data.{key} must come from the model"
+        after["data"][key] = list(in_effect[key]) if key != "crop_pct" else in_effect[key]
+    if c.model.name.startswith("static_"):
+        assert after["model"]["reduction"] is None
+        after["model"]["reduction"] = before["model"]["reduction"]
+    defaults = OmegaConf.to_container(OmegaConf.structured(TrainConfig))
+    for group, keys in after.items():  # keys added since (new ablation switches): unset, at the schema's default
+        for key in set(keys) - set(before[group]) if isinstance(keys, dict) else ():
+            assert keys.pop(key) == defaults[group][key], f"{group}.{key}"
+    assert after == before
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -53,7 +84,7 @@ def test_lr_scales_linearly_with_global_batch():
     (["optim.lr=-0.1"], "optim.lr must be > 0, got -0.1"),
     (["trainer.epochs=0"], "trainer.epochs must be > 0, got 0"),
     (["model.name=od_resnet19"], "model.name 'od_resnet19' is not a registered model"),
-    (["model=resnet50", "model.kernel_num=4"], "model.kernel_num must be 0 for the static model static_resnet50"),
+    (["model=resnet50", "model.kernel_num=4"], "model.kernel_num does not apply to static_resnet50 (it takes none"),
     (["trainer.amp=fp8"], "trainer.amp must be one of ['bf16', 'fp16', 'none'], got 'fp8'"),
     (["data.global_batch_size=100", "trainer.accum_steps=3"], "data.global_batch_size=100 must be divisible"),
     (["mode=eval"], "mode=eval needs checkpoint=PATH"),
