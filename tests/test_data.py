@@ -1,5 +1,9 @@
-"""Data pipeline: demo digits, ImageNet folder errors, corrupt images, transforms, mixup, WebDataset shards."""
+"""Data pipeline: demo digits, ImageNet folder errors, corrupt images (each counted once), transforms, mixup,
+WebDataset shards."""
+import json
+import logging
 import shutil
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -8,11 +12,18 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
+from conftest import TINY, compose_cfg
 from train import demo_data
-from train.data import (DatasetRootError, ImageFolderDataset, build_criterion, build_datasets, build_mixup,
-                        build_transforms, collate_skip_none, skipped_images)
+from train.datasets import DatasetRootError, build_datasets, collate_skip_none
+from train.folder_data import ImageFolderDataset
 from train.image_io import CorruptImageError
-from train.wds_data import write_wds_shards
+from train.loss import build_criterion
+from train.mixup import build_mixup
+from train.skipped import SKIPPED_FILE, SkipReport, unreadable_files
+from train.transforms import build_transforms
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from make_wds_shards import write_wds_shards  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -98,19 +109,22 @@ def test_folder_dataset_order_classes_and_demo_format(small_folder, demo_root):
     assert x.shape == (3, 32, 32) and demo.num_classes == 10 and y == int(demo.train.targets[100])
 
 
-def test_corrupt_images_are_skipped_and_counted_through_workers(small_folder):
+def test_corrupt_images_are_skipped_and_each_file_listed_once_through_workers(small_folder):
     tf_train, tf_eval = build_transforms(32)
     train, val, _ = build_datasets(small_folder, "folder", train_transform=tf_train, eval_transform=tf_eval)
-    sizes = [len(y) for _, y in DataLoader(train, batch_size=7, num_workers=2)]
-    assert sizes == [7, 7]  # substitution keeps training batches whole
-    assert skipped_images(train) == 2  # counted in the workers, read in the main process
+    for _epoch in range(3):  # new worker processes each epoch, each meeting the same two files again
+        sizes = [len(y) for _, y in DataLoader(train, batch_size=7, num_workers=2)]
+        assert sizes == [7, 7]  # substitution keeps training batches whole
+    bad_train = {str(small_folder / "train/1/zz_corrupt.png"), str(small_folder / "train/2/zz_truncated.png")}
+    found = unreadable_files(train)  # recorded in the workers, read in the main process
+    assert set(found) == bad_train and "UnidentifiedImageError" in found[str(small_folder / "train/1/zz_corrupt.png")]
     corrupt = [i for i in range(len(train)) if train.path(i).name.startswith("zz_")]
     substitute = train[corrupt[0]][1]
     assert substitute == int(train.targets[(corrupt[0] + 1) % len(train)])  # deterministic: the next index
     seen = [y for batch in DataLoader(val, batch_size=5, num_workers=2, collate_fn=collate_skip_none)
             for y in batch[1].tolist()]
     assert len(seen) == 12 and Counter(seen) == Counter({0: 4, 1: 4, 2: 4})  # each readable image exactly once
-    assert skipped_images(val) == 1
+    assert list(unreadable_files(val)) == [str(small_folder / "val" / "0" / "zz_corrupt.JPEG")]
     assert collate_skip_none([None, None]) is None
 
 
@@ -162,9 +176,13 @@ def test_webdataset_shards_split_count_and_epoch_order(small_folder, tmp_path):
     train, val, num_classes = build_datasets(shards, "wds", train_transform=tf_train, eval_transform=tf_eval, seed=3)
     assert num_classes == 3 and len(train) == 14 and len(val) == 13
     labels = [y for _, y in DataLoader(train, batch_size=4, num_workers=2) for y in y.tolist()]
-    assert len(labels) == 14 and skipped_images(train) >= 1  # 2 workers x 7 samples; corrupt ones skipped
+    assert len(labels) == 14  # 2 workers x 7 samples; corrupt ones skipped
+    # The two broken training images are samples 8 and 13 of the folder's order (zz_ sorts last in classes 1 and 2),
+    # in shards of 4; each is named once however often the cycling workers met it.
+    assert set(unreadable_files(train)) == {f"{shards}/train-000002.tar:00000008", f"{shards}/train-000003.tar:00000013"}
     val_labels = [y for _, y in DataLoader(val, batch_size=4, num_workers=2) for y in y.tolist()]
     assert Counter(val_labels) == Counter({0: 4, 1: 4, 2: 4})  # each readable image once, the corrupt one skipped
+    assert list(unreadable_files(val)) == [f"{shards}/val-000001.tar:00000004"]
 
     def order(ds, epoch):
         ds.set_epoch(epoch)
