@@ -1,6 +1,9 @@
 """Config composition, the published recipes, and what a user sees for a config mistake."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -96,18 +99,39 @@ def test_impossible_values_name_the_key(override, message):
 
 @pytest.mark.parametrize("args, message", [
     (["trainer.epcohs=3"], "Key 'epcohs' not in 'TrainerConfig'"),  # a typo: the schema is closed
+    (["model=resnet51_od"], "Could not find 'model/resnet51_od'"),  # an unknown option
+    (["trainer.epochs=["], "no viable alternative at input '['"),  # override syntax
     (["trainer.epochs=ten"], "Value 'ten' of type 'str' could not be converted to Integer"),
+    (["-m", "model=resnet18,resnet51_od"], "Could not find 'model/resnet51_od'"),  # in a sweep
     (["optim.lr=-1"], "error: optim.lr must be > 0, got -1.0"),
+    (["model=resnet18", "model.attentions=[kernel]"], "error: model.attentions does not apply to static_resnet18"),
     (["data=imagenet", "data.root=/nonexistent/imagenet"], "error: Dataset root /nonexistent/imagenet does not exist"),
 ])
-def test_config_mistakes_stop_with_one_message_and_no_traceback(args, message, tmp_path):
-    proc = run_train(args + [f"paths.runs_root={tmp_path}"], timeout=300)
-    assert proc.returncode != 0
+@pytest.mark.slow  # one `python train.py` each (~10 s of imports on a loaded 2-core machine)
+def test_config_mistakes_exit_2_with_one_message_and_no_traceback(args, message, tmp_path):
+    proc = run_train(args + [f"paths.runs_root={tmp_path}", f"hydra.sweep.dir={tmp_path}/sweep"], timeout=300)
+    assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     if message.startswith("error:"):  # our own checks: exactly one line
         assert proc.stderr.strip().count("\n") == 0, proc.stderr
     assert not list(Path(tmp_path).rglob("*.pt")), "no work must be done before the config is checked"
+
+
+@pytest.mark.parametrize("error", ["RuntimeError('a bug in the loop')",
+                                   "omegaconf.errors.ConfigKeyError('a bug that looks like a config error')"])
+@pytest.mark.slow
+def test_a_crash_exits_1_with_its_traceback(error, tmp_path):
+    """Hydra exits with 1 for its config errors and for crashes alike; only the former become 2."""
+    code = (f"import omegaconf, runpy, sys, train.loop\n"
+            f"def crash(cfg):\n    raise {error}\n"
+            f"train.loop.run = crash\n"
+            f"sys.argv = ['train.py', 'paths.runs_root={tmp_path}']\n"
+            f"runpy.run_path({str(REPO / 'train.py')!r}, run_name='__main__')\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" in proc.stderr and "a bug" in proc.stderr
 
 
 def test_slurm_launcher_config_requeues_and_signals_before_the_limit():
