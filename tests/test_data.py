@@ -202,3 +202,61 @@ def test_webdataset_shards_split_count_and_epoch_order(small_folder, tmp_path):
     assert (len(counted.train), len(counted.val), counted.num_classes) == (14, 13, 3)
     with pytest.raises(FileNotFoundError, match=r"No shards for split 'test'.*data\.root"):
         build_datasets(shards, "wds", val_split="test")
+
+
+def test_skip_report_counts_files_once_and_a_resumed_run_continues_its_list(small_folder, tmp_path, caplog):
+    tf_train, tf_eval = build_transforms(32)
+    train, val, _ = build_datasets(small_folder, "folder", train_transform=tf_train, eval_transform=tf_eval)
+    report = SkipReport([train, val], torch.device("cpu"), is_main=True, run_dir=tmp_path)
+    assert report.update() == 0 and not (tmp_path / SKIPPED_FILE).exists()
+    for _epoch in range(2):
+        list(DataLoader(train, batch_size=7, num_workers=2))
+        assert report.update() == 2
+    list(DataLoader(val, batch_size=5, num_workers=2, collate_fn=collate_skip_none))
+    assert report.update() == 3
+    listed = (tmp_path / SKIPPED_FILE).read_text().splitlines()
+    assert listed == sorted(str(p) for p in small_folder.rglob("zz_*"))
+    warnings = [r.getMessage() for r in caplog.records if r.name == "train.skipped"]
+    assert len(warnings) == 3 and all(w.startswith("Skipped unreadable image") for w in warnings)
+    # A resumed run (new datasets, new workers) reads the list back: the same files are neither counted nor warned
+    # about again.
+    caplog.clear()
+    train2, _, _ = build_datasets(small_folder, "folder", train_transform=tf_train)
+    resumed = SkipReport([train2], torch.device("cpu"), is_main=True, run_dir=tmp_path)
+    list(DataLoader(train2, batch_size=7, num_workers=2))
+    assert resumed.update() == 3 and not caplog.records
+
+
+@pytest.fixture
+def broken_folder(demo_root, tmp_path):
+    """3 classes of digits (12 train and 4 val images each) plus 3 unreadable files: two adjacent ones in train (the
+    first one's substitute is the second, itself broken) and one in val."""
+    root = tmp_path / "broken"
+    for split, n in (("train", 12), ("val", 4)):
+        for cls in ("0", "1", "2"):
+            (root / split / cls).mkdir(parents=True)
+            for src in sorted((demo_root / split / cls).glob("*.png"))[:n]:
+                shutil.copy(src, root / split / cls / src.name)
+    (root / "train" / "1" / "zz_a.png").write_bytes(b"not an image")
+    (root / "train" / "1" / "zz_b.png").write_bytes(b"")
+    (root / "val" / "0" / "zz_c.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    return root
+
+
+@pytest.mark.slow
+def test_run_counts_and_lists_each_unreadable_file_once(broken_folder, tmp_path, caplog):
+    """3 epochs, 2 loader workers: the 3 broken files are met 12 times or more, and reported 3 times."""
+    from train.loop import run
+
+    run_dir = tmp_path / "run"
+    summary = run(compose_cfg(TINY + [
+        "data.format=folder", f"data.root={broken_folder}", "data.global_batch_size=19", "data.workers=2",
+        "trainer.epochs=3", f"paths.run_dir={run_dir}"]))
+    assert summary["status"] == "completed" and summary["step"] == 6  # 38 training files, 2 batches of 19 per epoch
+    assert summary["skipped_images"] == 3
+    assert (run_dir / SKIPPED_FILE).read_text().splitlines() == sorted(str(p) for p in broken_folder.rglob("zz_*"))
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped_images"] for r in records if r["kind"] == "train"][-2:] == [3, 3]
+    assert {r["images"] for r in records if r["kind"] == "val"} == {12}
+    warned = [r.getMessage() for r in caplog.records if r.name == "train.skipped" and r.levelno == logging.WARNING]
+    assert len(warned) == 3, warned
