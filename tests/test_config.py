@@ -8,43 +8,69 @@ from pathlib import Path
 
 import pytest
 
+import torch
 import yaml
 from omegaconf import OmegaConf
 
 from conftest import CONFIGS, REPO, compose_cfg, run_train
-from train.builders import data_defaults
+from train.builders import build_model, data_defaults, model_kwargs
 from train.config import ConfigError, TrainConfig, lr_for, validate
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 MODELS = sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml"))
 
 
+def _table_row_name(arch: str, kernel_num: int) -> str:
+    return f"{arch}{'' if kernel_num == 0 else '_od' if kernel_num == 1 else f'_od{kernel_num}x'}"
+
+
 def test_one_experiment_per_published_row():
     from models.published import PAPER_ROWS
 
-    rows = {f"{arch}{'' if k == 0 else '_od' if k == 1 else f'_od{k}x'}" for arch, k in PAPER_ROWS}
-    assert set(EXPERIMENTS) == rows
+    rows = {_table_row_name(arch, k) for arch, k in PAPER_ROWS}
+    assert rows <= set(EXPERIMENTS)
+    others = set(EXPERIMENTS) - rows  # the ablations and the other dynamic convolutions, each named for its row
+    assert all(n.startswith(("ablation_resnet18_", "condconv_", "dyconv_")) for n in others), sorted(others)
+    assert {n for n in others if not n.startswith("ablation_")} == {
+        f"{kind}_{arch}" for kind in ("condconv", "dyconv") for arch in ("resnet18", "resnet50", "mobilenetv2_100")}
+
+
+def _experiment_file(name: str) -> tuple[str, str, dict]:
+    """The comment, the model option and the model keys an experiment file sets."""
+    text = (CONFIGS / "experiment" / f"{name}.yaml").read_text()
+    return text, yaml.safe_load(text)["defaults"][0]["override /model"], yaml.safe_load(text).get("model", {})
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_composes_with_released_recipe(name):
+    """Every experiment file: its recipe composes with the paper's settings, its comment names its row, and it
+    changes exactly the model keys it lists on top of its model option."""
     from models.published import paper_row
 
     c = validate(compose_cfg([f"experiment={name}"]))
+    text, model_option, model_keys = _experiment_file(name)
     assert c.run_name == name  # runs/<experiment>/<timestamp>
-    assert paper_row(c.model.name, c.model.kernel_num) is not None, f"{name} is not a row of the paper's table"
+    assert text.splitlines()[1].startswith(("# Paper ImageNet table row: ", "# Paper comparison row: ", "# Ablation, "))
+    if text.splitlines()[1].startswith("# Paper ImageNet"):
+        assert paper_row(c.model.name, c.model.kernel_num) is not None, f"{name} is not a row of the paper's table"
     assert (c.data.format, c.data.img_size, c.data.global_batch_size) == ("folder", 224, 256)
     assert data_defaults(c)["crop_pct"] == 0.875  # the model's pretrained_cfg: resize 256, crop 224
     assert (c.optim.name, c.optim.momentum, c.data.label_smoothing, c.sched.warmup_epochs) == ("sgd", 0.9, 0.0, 0)
-    assert c.model.dropout == (0.2 if name.endswith("4x") else 0.1)
-    if c.model.kernel_num:
+    assert c.model.dropout == (0.2 if "override /recipe: resnet_4x" in text or "mobilenetv2_4x" in text else 0.1)
+    if c.model.name.startswith(("od_", "dyconv_")) and "temperature_epochs" not in model_keys:
         assert (c.model.temperature_init, c.model.temperature_epochs) == (30.0, 10.0)
-    if name.startswith("resnet"):
+    if "resnet" in c.model.name:
         assert (c.trainer.epochs, lr_for(c), c.optim.weight_decay) == (100, 0.1, 1e-4)
         assert (c.sched.name, list(c.sched.milestones), c.sched.decay_rate) == ("multistep", [30, 60, 90], 0.1)
     else:
         assert (c.trainer.epochs, lr_for(c), c.optim.weight_decay) == (150, 0.05, 4e-5)
         assert (c.sched.name, c.sched.per_iteration) == ("cosine", True)
+    if name.startswith(("ablation_", "condconv_", "dyconv_")):  # the model these keys describe can be built
+        with torch.device("meta"):
+            build_model(c, num_classes=10)
+    plain = validate(compose_cfg([f"model={model_option}"])).model
+    changed = {k for k in vars(plain) if k != "dropout" and getattr(plain, k) != getattr(c.model, k)}
+    assert changed == set(model_keys), f"{name} changes {sorted(changed)}"
 
 
 BEFORE_RECIPES = yaml.safe_load((REPO / "tests" / "fixtures" / "composed_experiments.yaml").read_text())
@@ -78,6 +104,34 @@ def test_model_options_validate(name):
     validate(compose_cfg([f"model={name}"]))
 
 
+def test_only_the_model_keys_a_config_sets_reach_the_builder():
+    c = validate(compose_cfg(["model=resnet18_od"]))
+    assert model_kwargs(c.model, 10) == dict(num_classes=10, kernel_num=1, reduction=0.0625)
+    c = validate(compose_cfg(["model=resnet18_od4x", "model.attentions=[kernel,spatial]", "model.dynamic_stages=[4]",
+                              "model.spatial_act=softmax", "model.dropout=0.3"]))
+    assert model_kwargs(c.model, 10) == dict(num_classes=10, kernel_num=4, reduction=0.0625, attentions=("kernel", "spatial"),
+                                             dynamic_stages=(4,), spatial_act="softmax", drop_rate=0.3)
+    assert model_kwargs(validate(compose_cfg(["model=resnet18"])).model, 10) == dict(num_classes=10)
+
+
+@pytest.mark.parametrize("option", ["mobilenetv2_100_od", "resnet18_od", "resnet18"])
+def test_dropout_and_input_statistics_have_one_source(option):
+    """Issue 13: unset in the model config, the dropout is the builder's; unset in the data config, mean/std/crop_pct
+    are the model's pretrained_cfg. The demo data keeps its own crop_pct (its images are 32x32 already)."""
+    import timm
+    from timm.data import resolve_model_data_config
+
+    c = validate(compose_cfg([f"model={option}", "data=imagenet"]))
+    assert c.model.dropout is None and c.data.mean is c.data.std is c.data.crop_pct is None
+    built, reference = build_model(c, 10), timm.create_model(c.model.name, num_classes=10)
+    dropout = [m.p for m in built.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropout == [m.p for m in reference.modules() if isinstance(m, torch.nn.Dropout)] and len(dropout) == 1
+    expected = resolve_model_data_config(reference)
+    assert data_defaults(c) == dict(mean=expected["mean"], std=expected["std"], crop_pct=expected["crop_pct"])
+    demo = validate(compose_cfg([f"model={option}"]))
+    assert data_defaults(demo)["crop_pct"] == 1.0 and data_defaults(demo)["mean"] == expected["mean"]
+
+
 def test_lr_scales_linearly_with_global_batch():
     c = validate(compose_cfg(["experiment=resnet50_od4x", "data.global_batch_size=1024"]))
     assert lr_for(c) == pytest.approx(0.4)
@@ -91,6 +145,15 @@ def test_lr_scales_linearly_with_global_batch():
     (["trainer.amp=fp8"], "trainer.amp must be one of ['bf16', 'fp16', 'none'], got 'fp8'"),
     (["data.global_batch_size=100", "trainer.accum_steps=3"], "data.global_batch_size=100 must be divisible"),
     (["mode=eval"], "mode=eval needs checkpoint=PATH"),
+    (["model.attentions=[spatial,kernal]"], "model.attentions must be distinct names among ['spatial', 'channel', "),
+    (["model=resnet18_od4x", "model.attentions=[spatial]"], "model.attentions without 'kernel' needs kernel_num 1"),
+    (["model.spatial_act=tanh"], "model.spatial_act must be one of ['sigmoid', 'softmax'], got 'tanh'"),
+    (["model.attention_norm=group"], "model.attention_norm must be one of ['batch', 'layer', 'none'], got 'group'"),
+    (["model.dynamic_stages=[0,4]"], "model.dynamic_stages must be distinct stage numbers among [1, 2, 3, 4]"),
+    (["model.num_experts=8"], "model.num_experts does not apply to od_resnet18 (it takes kernel_num, reduction,"),
+    (["model.min_channel=0"], "model.min_channel must be > 0, got 0"),
+    (["model.temperature_init=0.5"], "model.temperature_init must be >= 1 (1 = no temperature), got 0.5"),
+    (["data.std=[0.2,0.2]"], "data.std must be 3 numbers > 0 (or null: the model's), got [0.2, 0.2]"),
 ])
 def test_impossible_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match="^" + __import__("re").escape(message)):
