@@ -21,6 +21,7 @@ def weights(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_the_full_batch(cache_dir, tmp_path):
     # Frozen BatchNorm and no dropout: then 2 micro-batches of 8 must give the gradient of one batch of 16.
     common = SHORT + [f"paths.cache_dir={cache_dir}", "trainer.freeze_bn=true", "model.dropout=0"]
@@ -32,8 +33,9 @@ def test_gradient_accumulation_equals_the_full_batch(cache_dir, tmp_path):
         torch.testing.assert_close(accum["model"][k], v, rtol=1e-4, atol=1e-6, msg=f"{k} differs")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
-def test_mixed_precision_channels_last_ema_and_clipping_train(amp, cache_dir, tmp_path):
+def test_mixed_precision_channels_last_ema_and_clipping_train_together_and_save_their_state(amp, cache_dir, tmp_path):
     summary = run(compose_cfg(SHORT + [
         f"paths.cache_dir={cache_dir}", f"paths.run_dir={tmp_path}", f"trainer.amp={amp}", "trainer.channels_last=true",
         "trainer.ema=true", "optim.clip_grad_norm=1.0", "optim.wd_exclude_norm_bias=true"]))
@@ -41,7 +43,8 @@ def test_mixed_precision_channels_last_ema_and_clipping_train(amp, cache_dir, tm
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r.get("ema", False) for r in records if r["kind"] == "val"] == [False, True]
     ck = weights(tmp_path)
-    assert ck["ema"] is not None
+    assert ck["ema"] is not None and ck["config"]["optim"]["clip_grad_norm"] == 1.0
+    assert ck["model"]["conv1.weight"].is_contiguous(memory_format=torch.channels_last)  # the layout trained in
     assert ck["scaler"] if amp == "fp16" else not ck["scaler"]  # fp16's GradScaler state is saved for resume
 
 
