@@ -1,8 +1,9 @@
 """The training loop: `run(cfg)` sets a run up, then alternates `train_one_epoch` and `evaluate`.
 
 train.py hands the composed Hydra config to `run`; tests call `run` directly. Order of a run: validate the config,
-join the process group, pick the run directory, build data and model, resume from checkpoints/last.pt if the run
-directory has one, train, write summary.json.
+join the process group, build data and model (so that their errors come before a run directory exists), pick the run
+directory, resume from checkpoints/last.pt if it has one, train, write summary.json (and skipped_images.txt when
+images were unreadable, see `train.skipped`).
 """
 from __future__ import annotations
 
