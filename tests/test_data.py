@@ -179,7 +179,8 @@ def test_webdataset_shards_split_count_and_epoch_order(small_folder, tmp_path):
     assert len(labels) == 14  # 2 workers x 7 samples; corrupt ones skipped
     # The two broken training images are samples 8 and 13 of the folder's order (zz_ sorts last in classes 1 and 2),
     # in shards of 4; each is named once however often the cycling workers met it.
-    assert set(unreadable_files(train)) == {f"{shards}/train-000002.tar:00000008", f"{shards}/train-000003.tar:00000013"}
+    assert set(unreadable_files(train)) == {f"{shards}/train-000002.tar:00000008",
+                                            f"{shards}/train-000003.tar:00000013"}
     val_labels = [y for _, y in DataLoader(val, batch_size=4, num_workers=2) for y in y.tolist()]
     assert Counter(val_labels) == Counter({0: 4, 1: 4, 2: 4})  # each readable image once, the corrupt one skipped
     assert list(unreadable_files(val)) == [f"{shards}/val-000001.tar:00000004"]

@@ -1,4 +1,4 @@
-"""Image decoding shared by the folder and WebDataset readers: unreadable files are recorded, or fatal in strict mode."""
+"""Image decoding shared by the folder and WebDataset readers: unreadable files are logged, or fatal in strict mode."""
 from __future__ import annotations
 
 import io

@@ -9,10 +9,10 @@ INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "random")
 
 
 def build_transforms(img_size: int = 224, *, crop_pct: float = 0.875, mean=IMAGENET_DEFAULT_MEAN,
-                     std=IMAGENET_DEFAULT_STD, interpolation: str = "bilinear", scale: tuple[float, float] = (0.08, 1.0),
-                     ratio: tuple[float, float] = (3 / 4, 4 / 3), hflip: float = 0.5, color_jitter: float = 0.0,
-                     auto_augment: str | None = None, re_prob: float = 0.0, re_mode: str = "pixel",
-                     re_count: int = 1) -> tuple[Callable, Callable]:
+                     std=IMAGENET_DEFAULT_STD, interpolation: str = "bilinear",
+                     scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                     hflip: float = 0.5, color_jitter: float = 0.0, auto_augment: str | None = None,
+                     re_prob: float = 0.0, re_mode: str = "pixel", re_count: int = 1) -> tuple[Callable, Callable]:
     """(train, eval) transforms from timm. Defaults are the paper recipe: RandomResizedCrop(img_size) + horizontal
     flip for training; resize to img_size / crop_pct (256 for 224) then center crop for evaluation; no color jitter.
 
