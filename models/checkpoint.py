@@ -18,8 +18,9 @@ class CheckpointMismatchError(ValueError):
     """The checkpoint's keys or shapes do not fit the model."""
 
 
-class UnreadableCheckpointError(ValueError):
-    """The file is not something `torch.load(..., weights_only=True)` can read."""
+class UnreadableCheckpointError(CheckpointMismatchError):
+    """The file is not something `torch.load(..., weights_only=True)` can read. A CheckpointMismatchError too, so
+    callers that turn checkpoint errors into one line (detection/cli.py) catch it unchanged."""
 
 
 def extract_state_dict(obj: object, path: Union[str, os.PathLike] = "<checkpoint>") -> dict[str, torch.Tensor]:
