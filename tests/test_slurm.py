@@ -1,6 +1,7 @@
-"""Sweeps: the Slurm path (hydra-submitit-launcher) through submitit's local executor: two tasks of one job form the process
-group from the job environment and share the job directory as their run directory (a requeued job re-runs in
-that directory and auto-resumes from its checkpoint, as tests/test_resume.py checks for any run directory)."""
+"""Sweeps and the Slurm path. hydra-submitit-launcher through submitit's local executor: two tasks of one job form the
+process group from the job environment and share the job directory as their run directory (a requeued job re-runs in
+that directory and auto-resumes from its checkpoint, as tests/test_resume.py checks for any run directory). A sweep
+over experiments and seeds: one job per combination, each in its own directory, locally one after another."""
 from __future__ import annotations
 
 import json
