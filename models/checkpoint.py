@@ -53,14 +53,11 @@ def load_weights_only(path: Union[str, os.PathLike]) -> object:
     code the file holds: our message never does."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "weights only" not in str(e).lower():
+    except Exception as e:  # torch raises KeyError, EOFError, RuntimeError, UnpicklingError ... for other bytes
+        if isinstance(e, pickle.UnpicklingError) and "Unsupported global" in str(e):
             raise UnreadableCheckpointError(
-                f"{path} is not a readable PyTorch checkpoint (corrupt pickle data)") from None
-        raise UnreadableCheckpointError(
-            f"{path} is not a readable PyTorch checkpoint: it holds Python objects besides tensors and plain "
-            "containers, which are never loaded here because loading them can run code") from None
-    except Exception:  # torch raises KeyError, EOFError, RuntimeError ... for bytes that are not a checkpoint
+                f"{path} is not a readable PyTorch checkpoint: it holds Python objects besides tensors and plain "
+                "containers, which are never loaded here because loading them can run code") from None
         raise UnreadableCheckpointError(
             f"{path} is not a readable PyTorch checkpoint (not written by torch.save, or truncated)") from None
 
