@@ -222,7 +222,7 @@ def _describe(configs: list[dict[str, object]]) -> list[str]:
     for c in configs:
         parts = [str(c.get("model.name", "run"))]
         for k in ordered:
-            if k in c:
+            if c.get(k) is not None:  # an unset key is the default: not worth a word
                 value = json.dumps(c[k]).strip('"').replace(" ", "")
                 parts.append(f"{k[len('model.'):] if k.startswith('model.') else k}={value}")
         labels.append(" ".join(parts))
@@ -271,14 +271,14 @@ def model_macs(run: Run) -> float | None:
         m = ModelConfig(**{k: v for k, v in (run.config.get("model") or {}).items() if k in fields})
         classes = run.get("data.num_classes")
         params = (run.summary or {}).get("params")
-        if not classes and params:  # params = base + classes * (features + 1): two builds give both
-            one, two = (sum(p.numel() for p in timm.create_model(m.name, **model_kwargs(m, n)).parameters())
-                        for n in (1, 2))
-            classes = 1 + round((params - one) / (two - one))
         size = int(run.get("data.img_size") or 224)
-        key = json.dumps([model_kwargs(m, int(classes or 1000)), m.name, size], sort_keys=True, default=str)
+        key = json.dumps([run.config.get("model"), classes, params, size], sort_keys=True, default=str)
         if key not in _MACS:
-            model = timm.create_model(m.name, **model_kwargs(m, int(classes or 1000)))
+            model = timm.create_model(m.name, **model_kwargs(m, 1))
+            if not classes and params:  # params = the rest + classes x (features + bias): the logged count gives it
+                head = model.get_classifier()
+                classes = 1 + round((params - sum(p.numel() for p in model.parameters())) / (head.in_features + 1))
+            model.reset_classifier(int(classes or 1000))
             _MACS[key] = count_macs(model, (3, size, size))["total"] / 1e6
         return _MACS[key]
     except Exception:  # noqa: BLE001  a report must not fail for a model this checkout cannot build

@@ -141,13 +141,13 @@ def test_cli_writes_both_files_and_bad_paths_give_one_line_errors(runs, tmp_path
 @pytest.mark.slow
 def test_report_aggregates_real_runs_of_a_seed_sweep(cache_dir, tmp_path):
     """Three seeds of each of two tiny configurations, trained by a local Hydra multirun (one job after another)."""
-    proc = run_train(["-m", "model=resnet18,resnet18_od", "trainer.seed=0,1,2", *TINY, "trainer.epochs=1",
+    proc = run_train(["-m", *TINY, "model=resnet18,resnet18_od", "trainer.seed=0,1,2", "trainer.epochs=1",
                       "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", f"paths.cache_dir={cache_dir}",
                       f"paths.runs_root={tmp_path}"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     md, page = report.write_report([tmp_path / "multirun"], tmp_path / "out")
     groups = {g["Configuration"]: g for g in tables(md.read_text())["Configurations (mean ± std over seeds)"]}
-    assert sorted(groups) == ["od_resnet18 kernel_num=1", "static_resnet18 kernel_num=0"]
+    assert sorted(groups) == ["od_resnet18 kernel_num=1 reduction=0.0625", "static_resnet18 kernel_num=0"]
     summaries = {}
     for path in (tmp_path / "multirun").glob("*/*/summary.json"):
         config = yaml.safe_load((path.parent / "config.yaml").read_text())
@@ -163,4 +163,4 @@ def test_report_aggregates_real_runs_of_a_seed_sweep(cache_dir, tmp_path):
     assert runs_table == {f"{label} seed {s}" for label in groups for s in range(3)}
     text = page.read_text()
     assert 'alt="top-1 per configuration, mean and std over seeds"' in text
-    assert 'alt="training curves of od_resnet18 kernel_num=1 seed 2"' in text
+    assert 'alt="training curves of od_resnet18 kernel_num=1 reduction=0.0625 seed 2"' in text
