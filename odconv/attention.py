@@ -14,7 +14,7 @@ class Attentions(NamedTuple):
     channel: Tensor  # (B, C_in), sigmoid
     filter: Optional[Tensor]  # (B, C_out), sigmoid; None for depthwise convs
     spatial: Optional[Tensor]  # (B, kh, kw), sigmoid; None for 1x1 kernels
-    kernel: Optional[Tensor]  # (B, K), softmax over K; None when K == 1
+    kernel: Optional[Tensor]  # (B, K) mixing weights of the K kernels (ODConv, DyConv: softmax; CondConv: sigmoid)
 
 
 class _GlobalAvgPool(torch.autograd.Function):
@@ -34,6 +34,11 @@ class _GlobalAvgPool(torch.autograd.Function):
     def backward(ctx, grad):
         b, c, h, w = ctx.shape
         return (grad / (h * w))[:, :, None, None].expand(b, c, h, w)
+
+
+def global_avg_pool(x: Tensor) -> Tensor:
+    """(B, C, H, W) -> (B, C) spatial mean, with a backward pass that writes no (B, C, H, W) tensor."""
+    return _GlobalAvgPool.apply(x)
 
 
 class ODAttention(nn.Module):
@@ -94,7 +99,7 @@ class ODAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Attentions:
         b = x.shape[0]
-        s = F.linear(_GlobalAvgPool.apply(x), self.fc.weight.flatten(1))  # GAP, then the squeeze fc
+        s = F.linear(global_avg_pool(x), self.fc.weight.flatten(1))  # GAP, then the squeeze fc
         s = F.relu(self.bn(s.view(b, -1, 1, 1))).view(b, -1)
         # The four heads as one GEMM over their concatenated weights, one division by the temperature and one
         # sigmoid over channel, filter and spatial logits together: a layer's attention branch is a dozen
