@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
-from .attention import ODAttention
+from .attention import ATTENTIONS, ODAttention, check_attention_args
 from .dispatch import LayerShape, resolve
 from .functional import odconv2d
 
@@ -133,6 +133,12 @@ class ODConv2d(DynamicConv2d):
     kernel number by attentions computed from the input (no bias by default, as released).
 
     For sample b: ``y[b] = a_f[b] * conv(x[b] * a_c[b], sum_i a_k[b, i] * a_s[b] * W_i)``.
+
+    The paper's ablations are arguments, the released layer the default: `attentions` (any subset of "spatial",
+    "channel", "filter", "kernel"; an attention left out is 1), `reduction` and `min_channel` (hidden width
+    ``max(int(in_channels * reduction), min_channel)``), `kernel_num`, `spatial_act` ("sigmoid" per tap as
+    released, or "softmax" over the kh*kw taps) and `attention_norm` ("batch": the released BatchNorm, which
+    cannot train on one-sample batches; "layer": GroupNorm(1, hidden), batch-independent; "none"). See ODAttention.
     """
 
     def __init__(
@@ -148,6 +154,9 @@ class ODConv2d(DynamicConv2d):
         kernel_num: int = 4,
         min_channel: int = 16,
         bias: bool = False,
+        attentions=ATTENTIONS,
+        spatial_act: str = "sigmoid",
+        attention_norm: str = "batch",
         device=None,
         dtype=None,
     ) -> None:
@@ -155,16 +164,21 @@ class ODConv2d(DynamicConv2d):
             raise ValueError(f"reduction must be positive, got {reduction}")
         if min_channel < 1:
             raise ValueError(f"min_channel must be at least 1, got {min_channel}")
+        attentions = check_attention_args(attentions, kernel_num, spatial_act, attention_norm)
 
         def make_attention(kernel_size, **factory_kwargs):
             return ODAttention(
-                in_channels, out_channels, kernel_size, groups, reduction, kernel_num, min_channel, **factory_kwargs
+                in_channels, out_channels, kernel_size, groups, reduction, kernel_num, min_channel,
+                attentions, spatial_act, attention_norm, **factory_kwargs,
             )
 
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, kernel_num, bias,
                          make_attention, device, dtype)
         self.reduction = reduction
         self.min_channel = min_channel
+        self.attentions = attentions
+        self.spatial_act = spatial_act
+        self.attention_norm = attention_norm
 
     @property
     def temperature(self) -> float:
@@ -180,4 +194,10 @@ class ODConv2d(DynamicConv2d):
             s += f", reduction={self.reduction}"
         if self.min_channel != 16:
             s += f", min_channel={self.min_channel}"
+        if self.attentions != ATTENTIONS:
+            s += f", attentions={self.attentions}"
+        if self.spatial_act != "sigmoid":
+            s += f", spatial_act={self.spatial_act!r}"
+        if self.attention_norm != "batch":
+            s += f", attention_norm={self.attention_norm!r}"
         return s

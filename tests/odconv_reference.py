@@ -43,27 +43,43 @@ def per_sample_conv(
 
 
 def reference_odconv(x: Tensor, layer: ODConv2d, p: dict[str, Tensor], training: bool) -> Tensor:
-    """y[b] = a_f[b] * conv(x[b] * a_c[b], sum_i a_k[b,i] * a_s[b] * W_i), attention BN in train or eval mode."""
+    """y[b] = a_f[b] * conv(x[b] * a_c[b], sum_i a_k[b,i] * a_s[b] * W_i), attention BN in train or eval mode.
+
+    Follows the layer's ablation switches: heads it lacks are 1, the spatial attention a sigmoid per tap or a
+    softmax over the taps, the squeeze normalised by BatchNorm, by a layer norm over the hidden units or not at all.
+    """
     a = "attention."
-    t = float(layer.attention.temperature)
+    att = layer.attention
+    t = float(att.temperature)
+    b = x.shape[0]
+    kh, kw = layer.kernel_size
+    if att.fc is None:  # no attention at all: the static conv
+        return per_sample_conv(x, layer, p, torch.ones(b, 1, dtype=x.dtype))
     pooled = x.mean(dim=(2, 3))  # (B, C_in)
     h = pooled @ p[a + "fc.weight"].flatten(1).T
-    if training:  # batch statistics, biased variance, as BatchNorm2d in train mode
-        mu, var = h.mean(0), h.var(0, unbiased=False)
-    else:
-        mu, var = p[a + "bn.running_mean"], p[a + "bn.running_var"]
-    h = (h - mu) / torch.sqrt(var + layer.attention.bn.eps) * p[a + "bn.weight"] + p[a + "bn.bias"]
+    if att.fc.bias is not None:
+        h = h + p[a + "fc.bias"]
+    if att.bn is not None:
+        if training:  # batch statistics, biased variance, as BatchNorm2d in train mode
+            mu, var = h.mean(0), h.var(0, unbiased=False)
+        else:
+            mu, var = p[a + "bn.running_mean"], p[a + "bn.running_var"]
+        h = (h - mu) / torch.sqrt(var + att.bn.eps) * p[a + "bn.weight"] + p[a + "bn.bias"]
+    elif att.norm is not None:  # per sample, over the hidden units
+        mu, var = h.mean(1, keepdim=True), h.var(1, unbiased=False, keepdim=True)
+        h = (h - mu) / torch.sqrt(var + att.norm.eps) * p[a + "norm.weight"] + p[a + "norm.bias"]
     h = torch.relu(h)
 
     def head(name: str) -> Tensor:
         return (h @ p[a + name + ".weight"].flatten(1).T + p[a + name + ".bias"]) / t
 
-    b = x.shape[0]
-    kh, kw = layer.kernel_size
-    ch = torch.sigmoid(head("channel_fc"))
-    fi = torch.sigmoid(head("filter_fc")) if layer.attention.filter_fc is not None else None
-    sp = torch.sigmoid(head("spatial_fc")).view(b, kh, kw) if layer.attention.spatial_fc is not None else None
-    ke = torch.softmax(head("kernel_fc"), dim=1) if layer.attention.kernel_fc is not None else torch.ones(b, 1)
+    ch = torch.sigmoid(head("channel_fc")) if att.channel_fc is not None else None
+    fi = torch.sigmoid(head("filter_fc")) if att.filter_fc is not None else None
+    sp = None
+    if att.spatial_fc is not None:
+        act = torch.sigmoid if att.spatial_act == "sigmoid" else lambda z: torch.softmax(z, dim=1)
+        sp = act(head("spatial_fc")).view(b, kh, kw)
+    ke = torch.softmax(head("kernel_fc"), dim=1) if att.kernel_fc is not None else torch.ones(b, 1)
     return per_sample_conv(x, layer, p, ke.to(x.dtype), ch, fi, sp)
 
 
