@@ -131,8 +131,8 @@ def _model_name(run: Run) -> str:
 def _kind(run: Run) -> str:
     """K column: static, Nx kernels (ODConv, DyConv) or Nx experts (CondConv)."""
     s = run.summary or {}
-    if _model_name(run).startswith("condconv_"):
-        return f"{run.get('model.num_experts') or 8}x experts"
+    if _model_name(run).startswith("condconv_"):  # unset: the builder's number, which the config does not record
+        return f"{run.get('model.num_experts')}x experts" if run.get("model.num_experts") else "experts"
     kernel_num = s.get("kernel_num", run.get("model.kernel_num"))
     return str(kernel_num) if kernel_num else ("static" if _model_name(run).startswith("static_") else DASH)
 
