@@ -1,53 +1,78 @@
-"""Count parameters and multiply-accumulates (MACs) of a model at a given input size, ODConv's dynamic parts included.
+"""Count parameters and multiply-accumulates (MACs) of a model at a given input size, dynamic convs included.
 
-Convention (stated in the README): MACs of convolutions and fully connected layers, as the usual counters
-(fvcore, torchvision's tables) count a static network, plus every multiply-add that an ODConv layer really does:
-the global average pool (one per input element), the squeeze 1x1 conv and the four heads, the per-sample kernel
-aggregation (K multiply-adds per kernel weight when K > 1, one more for the spatial attention), and the channel and
-filter attentions applied to the input and output maps. BatchNorm, activations, softmax and pooling elsewhere
-are not counted (nor by the usual counters).
+`count_params` is the project's one parameter counter (training summaries, throughput, detection, the complexity
+table call it): every parameter once (shared ones once), trainable or frozen, buffers (BatchNorm statistics) not
+counted, as the paper's and torchvision's tables count. It needs shapes only, so models built on the meta device
+count too.
+
+MAC convention (stated in the README): MACs of convolutions and fully connected layers, as the usual counters
+(fvcore, torchvision's tables) count a static network, plus every multiply-add that a dynamic conv (ODConv,
+CondConv, DyConv) really does: the global average pool (one per input element), the routing/attention layers
+on the pooled vector, the per-sample kernel aggregation (K multiply-adds per kernel weight when K > 1, one more
+for ODConv's spatial attention), and ODConv's channel and filter attentions applied to the input and output maps.
+BatchNorm, activations, softmax and pooling elsewhere are not counted (nor by the usual counters).
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
-from odconv import ODConv2d
+from odconv import DynamicConv2d
 
 
-def odconv_macs(layer: ODConv2d, x: Tensor, y: Tensor) -> dict[str, int]:
-    """MACs of one ODConv layer for one sample, split into the static conv and the dynamic parts."""
+def count_params(model: nn.Module) -> int:
+    """Number of parameters of `model`, each counted once (the figure the paper's tables give, in units)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def _attention_layer_macs(attention: nn.Module) -> int:
+    # Every linear map of a routing/attention branch acts on the pooled (B, C) vector: in x out per sample.
+    macs = 0
+    for m in attention.modules():
+        if isinstance(m, nn.Linear):
+            macs += m.in_features * m.out_features
+        elif isinstance(m, nn.Conv2d):
+            macs += (m.in_channels // m.groups) * m.out_channels * m.weight[0, 0].numel()
+    return macs
+
+
+def dynamic_conv_macs(layer: DynamicConv2d, x: Tensor, y: Tensor) -> dict[str, int]:
+    """MACs of one dynamic conv for one sample, split into the conv itself and the dynamic parts."""
     c, h, w = x.shape[1:]
     o, ho, wo = y.shape[1:]
     kh, kw = layer.kernel_size
     kernel_size = o * (c // layer.groups) * kh * kw  # weights of one aggregated kernel
     att = layer.attention
-    hidden = att.fc.out_channels
-    heads = sum(m.out_channels for m in (att.channel_fc, att.filter_fc, att.spatial_fc, att.kernel_fc) if m is not None)
     aggregation = 0
-    if att.kernel_fc is not None:
+    if layer.kernel_num > 1:
         aggregation += layer.kernel_num * kernel_size
-    if att.spatial_fc is not None:
+    if getattr(att, "spatial_fc", None) is not None:
         aggregation += kernel_size
+    products = 0
+    if getattr(att, "channel_fc", None) is not None:
+        products += c * h * w
+    if getattr(att, "filter_fc", None) is not None:
+        products += o * ho * wo
     return {
         "conv": kernel_size * ho * wo,
-        "attention": c * h * w + c * hidden + hidden * heads,
+        "attention": c * h * w + _attention_layer_macs(att),
         "aggregation": aggregation,
-        "products": c * h * w + (o * ho * wo if att.filter_fc is not None else 0),
+        "products": products,
     }
 
 
 def count_macs(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224)) -> dict[str, int]:
-    """MACs for one sample, by kind: 'conv' (static convs + ODConv's main convs), 'linear', and ODConv's
-    'attention', 'aggregation' and 'products'; 'total' is their sum."""
-    import torch
-
+    """MACs for one sample, by kind: 'conv' (static convs + the dynamic convs' main convs), 'linear', and the
+    dynamic convs' 'attention', 'aggregation' and 'products'; 'total' is their sum."""
     totals = dict(conv=0, linear=0, attention=0, aggregation=0, products=0)
-    inside_odconv = {id(m) for od in model.modules() if isinstance(od, ODConv2d) for m in od.modules() if m is not od}
+    inside_dynamic = {
+        id(m) for d in model.modules() if isinstance(d, DynamicConv2d) for m in d.modules() if m is not d
+    }
 
     def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
         x = inputs[0]
-        if isinstance(module, ODConv2d):
-            for k, v in odconv_macs(module, x, output).items():
+        if isinstance(module, DynamicConv2d):
+            for k, v in dynamic_conv_macs(module, x, output).items():
                 totals[k] += v
         elif isinstance(module, nn.Conv2d):
             totals["conv"] += output[0].numel() * (module.in_channels // module.groups) * module.weight[0, 0].numel()
@@ -57,20 +82,17 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224
     handles = [
         m.register_forward_hook(hook)
         for m in model.modules()
-        if id(m) not in inside_odconv and isinstance(m, (ODConv2d, nn.Conv2d, nn.Linear))
+        if id(m) not in inside_dynamic and isinstance(m, (DynamicConv2d, nn.Conv2d, nn.Linear))
     ]
     was_training = model.training
     try:
         model.eval()
         with torch.no_grad():
-            model(torch.zeros(1, *input_size))
+            p = next(model.parameters())
+            model(torch.zeros(1, *input_size, device=p.device, dtype=p.dtype))
     finally:
         model.train(was_training)
         for h in handles:
             h.remove()
     totals["total"] = sum(totals.values())
     return totals
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

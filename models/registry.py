@@ -1,17 +1,45 @@
 """timm registration of the zoo: `timm.create_model("od_resnet50", kernel_num=4)` after `import models`.
 
-Static twins are registered as `static_*` so they never replace timm's own `resnet50` or `mobilenetv2_100`.
+One builder per model, as timm writes them: the function's name is the model name, `model_args` holds what the
+variant fixes, and the caller's kwargs win (`dict(model_args, **kwargs)`). Four families per architecture:
+`od_` (ODConv), `condconv_`, `dyconv_` and `static_` (plain convs). Static twins are named `static_*` so they
+never replace timm's own `resnet50` or `mobilenetv2_100`.
+
+Builder kwargs (besides timm's num_classes, in_chans, global_pool, features_only, device, dtype):
+- the dynamic layer's own arguments, one value for the whole network (see `odconv.create_dynamic_conv`):
+  od_: kernel_num (zoo default 1), reduction, min_channel, attentions, spatial_act, attention_norm;
+  condconv_: num_experts (8); dyconv_: kernel_num (4), reduction (4); other defaults are the layer's;
+- dynamic_stages: which of the four stages (strides 4, 8, 16, 32) get the dynamic conv, default all;
+- dropout (or timm's drop_rate) before the classifier: decided here and only here, see `default_dropout`.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+import inspect
+from typing import Any, Optional
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from .layers import ODConvFactory, static_conv
+from odconv import DYNAMIC_CONVS
+
+from .layers import DynamicConvFactory, static_conv
 from .mobilenetv2 import MobileNetV2
 from .resnet import ResNet
+
+PREFIXES = {"od": "od_", "condconv": "condconv_", "dyconv": "dyconv_", None: "static_"}
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenetv2_050", "mobilenetv2_075", "mobilenetv2_100")
+
+# Where the zoo's default differs from the layer's own: ODConv's main rows are "1x" (one kernel).
+ZOO_LAYER_DEFAULTS: dict[str, dict[str, Any]] = {"od": dict(kernel_num=1)}
+
+# The geometry a network gives each layer; everything else in a layer's signature is a network-wide argument.
+_GEOMETRY = {"in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias",
+             "device", "dtype"}
+LAYER_ARGS: dict[str, tuple[str, ...]] = {
+    kind: tuple(p for p in inspect.signature(cls).parameters if p not in _GEOMETRY)
+    for kind, cls in DYNAMIC_CONVS.items()
+}
+_ALL_LAYER_ARGS = {a for args in LAYER_ARGS.values() for a in args} | {"dynamic_stages"}
 
 
 def _cfg(first_conv: str, classifier: str) -> dict[str, Any]:
@@ -23,13 +51,45 @@ def _cfg(first_conv: str, classifier: str) -> dict[str, Any]:
     )
 
 
-_RESNETS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
-_MOBILENETS = {"mobilenetv2_050": 0.5, "mobilenetv2_075": 0.75, "mobilenetv2_100": 1.0}
+default_cfgs = generate_default_cfgs({
+    prefix + arch: _cfg("conv1", "fc") if arch.startswith("resnet") else _cfg("features.0.0", "classifier.1")
+    for prefix in PREFIXES.values() for arch in ARCHS
+})
 
-default_cfgs = generate_default_cfgs(
-    {f"{p}{a}": _cfg("conv1", "fc") for p in ("od_", "static_") for a in _RESNETS}
-    | {f"{p}{a}": _cfg("features.0.0", "classifier.1") for p in ("od_", "static_") for a in _MOBILENETS}
-)
+
+def kernel_count(kind: Optional[str], layer_kwargs: dict[str, Any]) -> int:
+    """Kernels per dynamic conv (ODConv/DyConv kernel_num, CondConv num_experts); 1 for a static network."""
+    if kind is None:
+        return 1
+    params = inspect.signature(DYNAMIC_CONVS[kind]).parameters
+    key = "num_experts" if "num_experts" in params else "kernel_num"
+    return int(layer_kwargs.get(key, params[key].default))
+
+
+def default_dropout(kernels: int) -> float:
+    """Dropout before the classifier when the caller gives none: 0.2 for networks whose dynamic convs hold 4 or
+    more kernels (ODConv 4x, DyConv 4x, CondConv 8x), 0.1 for all others, static twins included.
+
+    The released training script takes `--dropout` per run and does not record it per model; this is the
+    project's stated assumption for the paper's rows (README). The training configs leave `model.dropout`
+    unset to use it.
+    """
+    return 0.2 if kernels >= 4 else 0.1
+
+
+def _split_kwargs(variant: str, kind: Optional[str], kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(layer kwargs, model kwargs); a layer argument of another family is a ValueError naming the right model."""
+    own = set(LAYER_ARGS[kind]) | {"dynamic_stages"} if kind else set()
+    foreign = sorted(k for k in kwargs if k in _ALL_LAYER_ARGS and k not in own)
+    if foreign:
+        arch = variant[len(PREFIXES[kind]):]
+        if kind is None:
+            raise ValueError(f"{variant} is a static model and takes no {', '.join(foreign)}; use od_{arch}, "
+                             f"condconv_{arch} or dyconv_{arch}")
+        raise ValueError(f"{variant} takes no {', '.join(foreign)}; its layer arguments are "
+                         f"{', '.join(sorted(own))}")
+    layer = {k: kwargs.pop(k) for k in list(kwargs) if k in own and k != "dynamic_stages"}
+    return dict(ZOO_LAYER_DEFAULTS.get(kind, {}), **layer), kwargs
 
 
 def _pop_dropout(kwargs: dict[str, Any], default: float) -> float:
@@ -39,46 +99,229 @@ def _pop_dropout(kwargs: dict[str, Any], default: float) -> float:
     return kwargs.pop("dropout", kwargs.pop("drop_rate", default))
 
 
-def _build(cls: Callable, variant: str, pretrained: bool, od: bool, arch_kwargs: dict, kwargs: dict):
+def _create(cls: type, variant: str, kind: Optional[str], pretrained: bool, **kwargs):
     if pretrained:
         raise ValueError(
             f"{variant}: no weights can be downloaded here; build with pretrained=False and use "
             "models.load_checkpoint(model, path) with a local checkpoint"
         )
-    default_dropout = 0.2 if cls is MobileNetV2 else (0.1 if od else 0.0)
-    dropout = _pop_dropout(kwargs, default_dropout)
-    if od:
-        conv = ODConvFactory(kernel_num=kwargs.pop("kernel_num", 1), reduction=kwargs.pop("reduction", 0.0625))
-    else:
-        for key in ("kernel_num", "reduction"):
-            if key in kwargs:
-                raise ValueError(f"{variant} is a static model and takes no {key}; use od_{variant[7:]}")
-        conv = static_conv
+    layer_kwargs, kwargs = _split_kwargs(variant, kind, kwargs)
+    dropout = _pop_dropout(kwargs, default_dropout(kernel_count(kind, layer_kwargs)))
+    conv = DynamicConvFactory(kind, **layer_kwargs) if kind else static_conv
     return build_model_with_cfg(
-        cls, variant, pretrained, conv=conv, dropout=dropout, **arch_kwargs, **kwargs,
+        cls, variant, pretrained, conv=conv, dropout=dropout, **kwargs,
         # MobileNetV2's stages live inside one `features` Sequential, so timm must flatten it to find them.
         feature_cfg=dict(flatten_sequential=cls is MobileNetV2, out_indices=(0, 1, 2, 3)),
     )
 
 
-def _register(variant: str, cls: Callable, od: bool, arch_kwargs: dict) -> Callable:
-    def builder(pretrained: bool = False, **kwargs):
-        return _build(cls, variant, pretrained, od, arch_kwargs, kwargs)
-
-    builder.__name__ = builder.__qualname__ = variant
-    builder.__module__ = __name__
-    builder.__doc__ = f"{variant}: {'ODConv' if od else 'static'} {cls.__name__} ({arch_kwargs})."
-    return register_model(builder)
+def _create_resnet(variant: str, kind: Optional[str], pretrained: bool = False, **kwargs) -> ResNet:
+    return _create(ResNet, variant, kind, pretrained, **kwargs)
 
 
-BUILDERS: dict[str, Callable] = {}
-for _arch, _depth in _RESNETS.items():
-    for _od in (True, False):
-        _name = ("od_" if _od else "static_") + _arch
-        BUILDERS[_name] = _register(_name, ResNet, _od, dict(depth=_depth))
-for _arch, _width in _MOBILENETS.items():
-    for _od in (True, False):
-        _name = ("od_" if _od else "static_") + _arch
-        BUILDERS[_name] = _register(_name, MobileNetV2, _od, dict(width_mult=_width))
+def _create_mobilenetv2(variant: str, kind: Optional[str], pretrained: bool = False, **kwargs) -> MobileNetV2:
+    return _create(MobileNetV2, variant, kind, pretrained, **kwargs)
 
-MODEL_NAMES = tuple(BUILDERS)
+
+# ODConv
+@register_model
+def od_resnet18(pretrained: bool = False, **kwargs) -> ResNet:
+    """ResNet18, ODConv in every residual-block conv."""
+    model_args = dict(depth=18)
+    return _create_resnet("od_resnet18", "od", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def od_resnet34(pretrained: bool = False, **kwargs) -> ResNet:
+    """ResNet34, ODConv in every residual-block conv."""
+    model_args = dict(depth=34)
+    return _create_resnet("od_resnet34", "od", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def od_resnet50(pretrained: bool = False, **kwargs) -> ResNet:
+    """ResNet50, ODConv in every residual-block conv."""
+    model_args = dict(depth=50)
+    return _create_resnet("od_resnet50", "od", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def od_resnet101(pretrained: bool = False, **kwargs) -> ResNet:
+    """ResNet101, ODConv in every residual-block conv."""
+    model_args = dict(depth=101)
+    return _create_resnet("od_resnet101", "od", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def od_mobilenetv2_050(pretrained: bool = False, **kwargs) -> MobileNetV2:
+    """MobileNetV2 (0.5x), ODConv in every conv but the stem."""
+    model_args = dict(width_mult=0.5)
+    return _create_mobilenetv2("od_mobilenetv2_050", "od", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def od_mobilenetv2_075(pretrained: bool = False, **kwargs) -> MobileNetV2:
+    """MobileNetV2 (0.75x), ODConv in every conv but the stem."""
+    model_args = dict(width_mult=0.75)
+    return _create_mobilenetv2("od_mobilenetv2_075", "od", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def od_mobilenetv2_100(pretrained: bool = False, **kwargs) -> MobileNetV2:
+    """MobileNetV2 (1.0x), ODConv in every conv but the stem."""
+    model_args = dict(width_mult=1.0)
+    return _create_mobilenetv2("od_mobilenetv2_100", "od", pretrained, **dict(model_args, **kwargs))
+
+
+# CondConv
+@register_model
+def condconv_resnet18(pretrained: bool = False, **kwargs) -> ResNet:
+    """ResNet18, CondConv in every residual-block conv."""
+    model_args = dict(depth=18)
+    return _create_resnet("condconv_resnet18", "condconv", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def condconv_resnet34(pretrained: bool = False, **kwargs) -> ResNet:
+    """ResNet34, CondConv in every residual-block conv."""
+    model_args = dict(depth=34)
+    return _create_resnet("condconv_resnet34", "condconv", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def condconv_resnet50(pretrained: bool = False, **kwargs) -> ResNet:
+    """ResNet50, CondConv in every residual-block conv."""
+    model_args = dict(depth=50)
+    return _create_resnet("condconv_resnet50", "condconv", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def condconv_resnet101(pretrained: bool = False, **kwargs) -> ResNet:
+    """ResNet101, CondConv in every residual-block conv."""
+    model_args = dict(depth=101)
+    return _create_resnet("condconv_resnet101", "condconv", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def condconv_mobilenetv2_050(pretrained: bool = False, **kwargs) -> MobileNetV2:
+    """MobileNetV2 (0.5x), CondConv in every conv but the stem."""
+    model_args = dict(width_mult=0.5)
+    return _create_mobilenetv2("condconv_mobilenetv2_050", "condconv", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def condconv_mobilenetv2_075(pretrained: bool = False, **kwargs) -> MobileNetV2:
+    """MobileNetV2 (0.75x), CondConv in every conv but the stem."""
+    model_args = dict(width_mult=0.75)
+    return _create_mobilenetv2("condconv_mobilenetv2_075", "condconv", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def condconv_mobilenetv2_100(pretrained: bool = False, **kwargs) -> MobileNetV2:
+    """MobileNetV2 (1.0x), CondConv in every conv but the stem."""
+    model_args = dict(width_mult=1.0)
+    return _create_mobilenetv2("condconv_mobilenetv2_100", "condconv", pretrained, **dict(model_args, **kwargs))
+
+
+# DyConv
+@register_model
+def dyconv_resnet18(pretrained: bool = False, **kwargs) -> ResNet:
+    """ResNet18, DyConv in every residual-block conv."""
+    model_args = dict(depth=18)
+    return _create_resnet("dyconv_resnet18", "dyconv", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def dyconv_resnet34(pretrained: bool = False, **kwargs) -> ResNet:
+    """ResNet34, DyConv in every residual-block conv."""
+    model_args = dict(depth=34)
+    return _create_resnet("dyconv_resnet34", "dyconv", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def dyconv_resnet50(pretrained: bool = False, **kwargs) -> ResNet:
+    """ResNet50, DyConv in every residual-block conv."""
+    model_args = dict(depth=50)
+    return _create_resnet("dyconv_resnet50", "dyconv", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def dyconv_resnet101(pretrained: bool = False, **kwargs) -> ResNet:
+    """ResNet101, DyConv in every residual-block conv."""
+    model_args = dict(depth=101)
+    return _create_resnet("dyconv_resnet101", "dyconv", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def dyconv_mobilenetv2_050(pretrained: bool = False, **kwargs) -> MobileNetV2:
+    """MobileNetV2 (0.5x), DyConv in every conv but the stem."""
+    model_args = dict(width_mult=0.5)
+    return _create_mobilenetv2("dyconv_mobilenetv2_050", "dyconv", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def dyconv_mobilenetv2_075(pretrained: bool = False, **kwargs) -> MobileNetV2:
+    """MobileNetV2 (0.75x), DyConv in every conv but the stem."""
+    model_args = dict(width_mult=0.75)
+    return _create_mobilenetv2("dyconv_mobilenetv2_075", "dyconv", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def dyconv_mobilenetv2_100(pretrained: bool = False, **kwargs) -> MobileNetV2:
+    """MobileNetV2 (1.0x), DyConv in every conv but the stem."""
+    model_args = dict(width_mult=1.0)
+    return _create_mobilenetv2("dyconv_mobilenetv2_100", "dyconv", pretrained, **dict(model_args, **kwargs))
+
+
+# Static
+@register_model
+def static_resnet18(pretrained: bool = False, **kwargs) -> ResNet:
+    """ResNet18, plain convs (the baseline)."""
+    model_args = dict(depth=18)
+    return _create_resnet("static_resnet18", None, pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def static_resnet34(pretrained: bool = False, **kwargs) -> ResNet:
+    """ResNet34, plain convs (the baseline)."""
+    model_args = dict(depth=34)
+    return _create_resnet("static_resnet34", None, pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def static_resnet50(pretrained: bool = False, **kwargs) -> ResNet:
+    """ResNet50, plain convs (the baseline)."""
+    model_args = dict(depth=50)
+    return _create_resnet("static_resnet50", None, pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def static_resnet101(pretrained: bool = False, **kwargs) -> ResNet:
+    """ResNet101, plain convs (the baseline)."""
+    model_args = dict(depth=101)
+    return _create_resnet("static_resnet101", None, pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def static_mobilenetv2_050(pretrained: bool = False, **kwargs) -> MobileNetV2:
+    """MobileNetV2 (0.5x), plain convs (the baseline)."""
+    model_args = dict(width_mult=0.5)
+    return _create_mobilenetv2("static_mobilenetv2_050", None, pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def static_mobilenetv2_075(pretrained: bool = False, **kwargs) -> MobileNetV2:
+    """MobileNetV2 (0.75x), plain convs (the baseline)."""
+    model_args = dict(width_mult=0.75)
+    return _create_mobilenetv2("static_mobilenetv2_075", None, pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def static_mobilenetv2_100(pretrained: bool = False, **kwargs) -> MobileNetV2:
+    """MobileNetV2 (1.0x), plain convs (the baseline)."""
+    model_args = dict(width_mult=1.0)
+    return _create_mobilenetv2("static_mobilenetv2_100", None, pretrained, **dict(model_args, **kwargs))
+
+
+MODEL_NAMES = tuple(p + a for p in PREFIXES.values() for a in ARCHS)
+BUILDERS = {name: globals()[name] for name in MODEL_NAMES}

@@ -11,10 +11,10 @@ from torch import Tensor, nn
 class Attentions(NamedTuple):
     """Per-sample attentions; a head that the layer does not have is None (its attention is 1)."""
 
-    channel: Tensor  # (B, C_in), sigmoid
+    channel: Tensor  # (B, C_in), sigmoid; ones where the layer has no channel attention
     filter: Optional[Tensor]  # (B, C_out), sigmoid; None for depthwise convs
-    spatial: Optional[Tensor]  # (B, kh, kw), sigmoid; None for 1x1 kernels
-    kernel: Optional[Tensor]  # (B, K), softmax over K; None when K == 1
+    spatial: Optional[Tensor]  # (B, kh, kw), sigmoid per tap or softmax over taps; None for 1x1 kernels
+    kernel: Optional[Tensor]  # (B, K) mixing weights of the K kernels (ODConv, DyConv: softmax; CondConv: sigmoid)
 
 
 class _GlobalAvgPool(torch.autograd.Function):
@@ -36,11 +36,64 @@ class _GlobalAvgPool(torch.autograd.Function):
         return (grad / (h * w))[:, :, None, None].expand(b, c, h, w)
 
 
+def global_avg_pool(x: Tensor) -> Tensor:
+    """(B, C, H, W) -> (B, C) spatial mean, with a backward pass that writes no (B, C, H, W) tensor."""
+    return _GlobalAvgPool.apply(x)
+
+
+ATTENTIONS = ("spatial", "channel", "filter", "kernel")
+SPATIAL_ACTS = ("sigmoid", "softmax")
+ATTENTION_NORMS = ("batch", "layer", "none")
+
+
+def check_attention_args(attentions, kernel_num: int, spatial_act: str, attention_norm: str) -> tuple[str, ...]:
+    """Validate the ablation switches of ODConv's attention; returns `attentions` as a tuple in canonical order."""
+    if isinstance(attentions, str):
+        raise ValueError(f"attentions must be a list of names from {ATTENTIONS}, got the string {attentions!r}")
+    unknown = [a for a in attentions if a not in ATTENTIONS]
+    if unknown:
+        raise ValueError(f"Unknown attention(s) {unknown} in attentions, should be any of {ATTENTIONS}")
+    if kernel_num > 1 and "kernel" not in attentions:
+        raise ValueError(f"kernel_num={kernel_num} needs the kernel attention: add 'kernel' to attentions "
+                         "or set kernel_num=1")
+    if spatial_act not in SPATIAL_ACTS:
+        raise ValueError(f"Invalid spatial_act {spatial_act!r}, should be one of {SPATIAL_ACTS}")
+    if attention_norm not in ATTENTION_NORMS:
+        raise ValueError(f"Invalid attention_norm {attention_norm!r}, should be one of {ATTENTION_NORMS}")
+    return tuple(a for a in ATTENTIONS if a in attentions)
+
+
+def _describe_layer(attention: nn.Module) -> str:
+    """The ODConv layer that owns `attention`, for an error message: its qualified name in the outermost module
+    whose forward is on the call stack, else its one-line repr (the layer was called on its own)."""
+    import inspect
+
+    owners = []  # modules on the call stack that contain `attention`, innermost first
+    frame = inspect.currentframe()
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, nn.Module) and owner is not attention and owner not in owners:
+            if any(m is attention for m in owner.modules()):
+                owners.append(owner)
+        frame = frame.f_back
+    conv = next((m for m in owners if getattr(m, "attention", None) is attention), None)
+    layer = conv if conv is not None else attention
+    if owners and owners[-1] is not layer:
+        name = next(n for n, m in owners[-1].named_modules() if m is layer)
+        return f"ODConv layer {name!r}"
+    return f"{type(layer).__name__}({layer.extra_repr()})"
+
+
 class ODAttention(nn.Module):
-    """Squeeze (GAP -> 1x1 conv -> BN -> ReLU), then one 1x1-conv head per attended dimension.
+    """Squeeze (GAP -> 1x1 conv -> norm -> ReLU), then one 1x1-conv head per attended dimension.
 
     Module and parameter names follow the released code (`fc`, `bn`, `channel_fc`, `filter_fc`,
-    `spatial_fc`, `kernel_fc`) so released checkpoints load unchanged.
+    `spatial_fc`, `kernel_fc`) so released checkpoints load unchanged. Ablation switches (the released behaviour
+    is the default): `attentions`, the subset of heads built (a missing one is an attention of 1; depthwise convs
+    never have a filter head and 1x1 kernels never a spatial one, as released); `spatial_act`, a sigmoid per tap
+    or a softmax over the kh*kw taps; `attention_norm`, the squeeze's BatchNorm (`bn`), a batch-independent
+    GroupNorm(1, hidden) (`norm`: layer norm over the hidden units of each sample) or none, in which case the
+    squeeze fc gets a bias, as an SE block's has. With no head at all there is no squeeze either.
     """
 
     def __init__(
@@ -52,26 +105,42 @@ class ODAttention(nn.Module):
         reduction: float = 0.0625,
         kernel_num: int = 4,
         min_channel: int = 16,
+        attentions=ATTENTIONS,
+        spatial_act: str = "sigmoid",
+        attention_norm: str = "batch",
         device=None,
         dtype=None,
     ) -> None:
         super().__init__()
         factory_kwargs = {"device": device, "dtype": dtype}
+        attentions = check_attention_args(attentions, kernel_num, spatial_act, attention_norm)
         hidden = max(int(in_channels * reduction), min_channel)
         self.kernel_size = kernel_size
         self.kernel_num = kernel_num
+        self.spatial_act = spatial_act
+        self.attention_norm = attention_norm
         # A buffer, not a Python float: changing it every iteration must not retrigger torch.compile.
         # Not persistent, so state dicts keep the released keys.
         self.register_buffer("temperature", torch.tensor(1.0, **factory_kwargs), persistent=False)
 
-        self.fc = nn.Conv2d(in_channels, hidden, 1, bias=False, **factory_kwargs)
-        self.bn = nn.BatchNorm2d(hidden, **factory_kwargs)
-        self.channel_fc = nn.Conv2d(hidden, in_channels, 1, **factory_kwargs)
         is_depthwise = in_channels == groups and in_channels == out_channels
-        self.filter_fc = None if is_depthwise else nn.Conv2d(hidden, out_channels, 1, **factory_kwargs)
         kh, kw = kernel_size
-        self.spatial_fc = None if kh * kw == 1 else nn.Conv2d(hidden, kh * kw, 1, **factory_kwargs)
-        self.kernel_fc = None if kernel_num == 1 else nn.Conv2d(hidden, kernel_num, 1, **factory_kwargs)
+        has = {
+            "channel": "channel" in attentions,
+            "filter": "filter" in attentions and not is_depthwise,
+            "spatial": "spatial" in attentions and kh * kw > 1,
+            "kernel": "kernel" in attentions and kernel_num > 1,
+        }
+        squeeze = any(has.values())
+        # Without a norm the squeeze fc gets the bias a norm would otherwise provide (as an SE block's fc has).
+        fc_bias = attention_norm == "none"
+        self.fc = nn.Conv2d(in_channels, hidden, 1, bias=fc_bias, **factory_kwargs) if squeeze else None
+        self.bn = nn.BatchNorm2d(hidden, **factory_kwargs) if squeeze and attention_norm == "batch" else None
+        self.norm = nn.GroupNorm(1, hidden, **factory_kwargs) if squeeze and attention_norm == "layer" else None
+        self.channel_fc = nn.Conv2d(hidden, in_channels, 1, **factory_kwargs) if has["channel"] else None
+        self.filter_fc = nn.Conv2d(hidden, out_channels, 1, **factory_kwargs) if has["filter"] else None
+        self.spatial_fc = nn.Conv2d(hidden, kh * kw, 1, **factory_kwargs) if has["spatial"] else None
+        self.kernel_fc = nn.Conv2d(hidden, kernel_num, 1, **factory_kwargs) if has["kernel"] else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -82,7 +151,7 @@ class ODAttention(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
@@ -92,27 +161,52 @@ class ODAttention(nn.Module):
     def _heads(self) -> list[nn.Conv2d]:
         return [h for h in (self.channel_fc, self.filter_fc, self.spatial_fc, self.kernel_fc) if h is not None]
 
+    def _squeeze(self, x: Tensor) -> Tensor:
+        """GAP -> fc -> norm -> ReLU: (B, C_in, H, W) -> (B, hidden)."""
+        b = x.shape[0]
+        s = F.linear(global_avg_pool(x), self.fc.weight.flatten(1), self.fc.bias)  # GAP, then the squeeze fc
+        if self.bn is not None:
+            if self.training and b == 1:
+                # torch's own message ("Expected more than 1 value per channel") names neither the layer nor a fix.
+                raise ValueError(
+                    f"{_describe_layer(self)}: a training-mode batch of one sample cannot go through the attention's "
+                    "BatchNorm (attention_norm='batch', as released); use attention_norm='layer' or 'none', call "
+                    "model.eval(), or train with batches of more than one sample"
+                )
+            s = self.bn(s.view(b, -1, 1, 1))
+        elif self.norm is not None:
+            s = self.norm(s.view(b, -1, 1, 1))
+        return F.relu(s).view(b, -1)
+
     def forward(self, x: Tensor) -> Attentions:
         b = x.shape[0]
-        s = F.linear(_GlobalAvgPool.apply(x), self.fc.weight.flatten(1))  # GAP, then the squeeze fc
-        s = F.relu(self.bn(s.view(b, -1, 1, 1))).view(b, -1)
-        # The four heads as one GEMM over their concatenated weights, one division by the temperature and one
+        heads = self._heads()
+        if not heads:
+            return Attentions(x.new_ones(b, x.shape[1]), None, None, None)
+        s = self._squeeze(x)
+        # The heads as one GEMM over their concatenated weights, one division by the temperature and one
         # sigmoid over channel, filter and spatial logits together: a layer's attention branch is a dozen
         # small ops instead of twenty, and in eager mode each op costs more than its arithmetic (batch 1,
         # small maps). Parameters and results are those of the released per-head 1x1 convs.
-        heads = self._heads()
         weight = torch.cat([h.weight.flatten(1) for h in heads])
         bias = torch.cat([h.bias for h in heads])
         logits = F.linear(s, weight, bias) / self.temperature
-        c, o = self.channel_fc.out_channels, self.filter_fc.out_channels if self.filter_fc is not None else 0
+        c = self.channel_fc.out_channels if self.channel_fc is not None else 0
+        o = self.filter_fc.out_channels if self.filter_fc is not None else 0
         kh, kw = self.kernel_size
         t = kh * kw if self.spatial_fc is not None else 0
-        gates = torch.sigmoid(logits[:, : c + o + t])
-        channel = gates[:, :c]
+        sigmoid_end = c + o + (t if self.spatial_act == "sigmoid" else 0)
+        gates = torch.sigmoid(logits[:, :sigmoid_end])
+        # Until the functional core takes None there, a missing channel attention is a tensor of ones.
+        channel = gates[:, :c] if self.channel_fc is not None else x.new_ones(b, x.shape[1])
         filt = gates[:, c: c + o] if self.filter_fc is not None else None
-        spatial = gates[:, c + o: c + o + t].view(b, kh, kw) if self.spatial_fc is not None else None
+        spatial = None
+        if self.spatial_fc is not None:
+            taps = gates[:, c + o: c + o + t] if self.spatial_act == "sigmoid" else torch.softmax(
+                logits[:, c + o: c + o + t], dim=1)
+            spatial = taps.reshape(b, kh, kw)
         kernel = torch.softmax(logits[:, c + o + t:], dim=1) if self.kernel_fc is not None else None
         return Attentions(channel, filt, spatial, kernel)
 
     def extra_repr(self) -> str:
-        return f"hidden={self.fc.out_channels}"
+        return f"hidden={self.fc.out_channels}" if self.fc is not None else "no attention"

@@ -1,22 +1,23 @@
-"""`ODConv2d`: omni-dimensional dynamic convolution, a drop-in replacement for `nn.Conv2d`.
+"""`ODConv2d`: omni-dimensional dynamic convolution, a drop-in replacement for `nn.Conv2d`, and `DynamicConv2d`,
+the base it shares with CondConv and DyConv (kernel mixing, formulations, dispatch, forward).
 
 Li, Zhou, Yao. "Omni-Dimensional Dynamic Convolution." ICLR 2022. https://openreview.net/forum?id=DmpCfq6Mg39
 """
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
-from .attention import ODAttention
+from .attention import ATTENTIONS, ODAttention, check_attention_args
 from .dispatch import select
 from .formulations import LayerShape
 from .functional import odconv2d
 
-_IntOrPair = Union[int, tuple[int, int]]
+IntOrPair = Union[int, tuple[int, int]]
 
 
 def _resolve_padding(padding, kernel_size, stride, dilation) -> tuple[int, int]:
@@ -28,31 +29,31 @@ def _resolve_padding(padding, kernel_size, stride, dilation) -> tuple[int, int]:
         if stride != (1, 1):
             raise ValueError("padding='same' is not supported for strided convolutions")
         if any(d * (k - 1) % 2 for d, k in zip(dilation, kernel_size)):
-            raise ValueError("padding='same' needs dilation * (kernel_size - 1) to be even in ODConv2d")
+            raise ValueError("padding='same' needs dilation * (kernel_size - 1) to be even in a dynamic conv")
         return tuple(d * (k - 1) // 2 for d, k in zip(dilation, kernel_size))
     return _pair(padding)
 
 
-class ODConv2d(nn.Module):
-    """A convolution whose kernel is modulated per sample along space, input channels, output channels and
-    kernel number by attentions computed from the input (no bias by default, as released).
+class DynamicConv2d(nn.Module):
+    """A convolution whose kernel is a per-sample mix of `kernel_num` kernels, possibly modulated further.
 
-    For sample b: ``y[b] = a_f[b] * conv(x[b] * a_c[b], sum_i a_k[b, i] * a_s[b] * W_i)``.
+    The base of ODConv2d, CondConv2d and DyConv2d: it owns the geometry, the kernels ``weight`` (K, O, I/g, kh, kw),
+    the optional static bias, the choice of formulation and the forward pass. A subclass passes `make_attention`,
+    which builds ``self.attention``: a module mapping the input to `odconv.Attentions` (None = attention of 1).
     """
 
     def __init__(
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: _IntOrPair,
-        stride: _IntOrPair = 1,
-        padding: Union[_IntOrPair, str] = 0,
-        dilation: _IntOrPair = 1,
-        groups: int = 1,
-        reduction: float = 0.0625,
-        kernel_num: int = 4,
-        min_channel: int = 16,
-        bias: bool = False,
+        kernel_size: IntOrPair,
+        stride: IntOrPair,
+        padding: Union[IntOrPair, str],
+        dilation: IntOrPair,
+        groups: int,
+        kernel_num: int,
+        bias: bool,
+        make_attention: Callable[..., nn.Module],
         device=None,
         dtype=None,
     ) -> None:
@@ -67,10 +68,6 @@ class ODConv2d(nn.Module):
             raise ValueError(f"out_channels must be divisible by groups, got {out_channels} and groups={groups}")
         if kernel_num < 1:
             raise ValueError(f"kernel_num must be at least 1, got {kernel_num}")
-        if not reduction > 0:
-            raise ValueError(f"reduction must be positive, got {reduction}")
-        if min_channel < 1:
-            raise ValueError(f"min_channel must be at least 1, got {min_channel}")
         factory_kwargs = {"device": device, "dtype": dtype}
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -81,12 +78,9 @@ class ODConv2d(nn.Module):
             raise ValueError("kernel_size, stride and dilation must be positive")
         self.padding = _resolve_padding(padding, self.kernel_size, self.stride, self.dilation)
         self.groups = groups
-        self.reduction = reduction
         self.kernel_num = kernel_num
-        self.min_channel = min_channel
-        self.attention = ODAttention(
-            in_channels, out_channels, self.kernel_size, groups, reduction, kernel_num, min_channel, **factory_kwargs
-        )
+        # Built (and initialised) before the kernels, so a seed gives the same layer as before the base existed.
+        self.attention = make_attention(self.kernel_size, **factory_kwargs)
         self.weight = nn.Parameter(
             torch.empty(kernel_num, out_channels, in_channels // groups, *self.kernel_size, **factory_kwargs)
         )
@@ -103,14 +97,6 @@ class ODConv2d(nn.Module):
             fan_in = self.weight[0][0].numel()
             bound = 1 / math.sqrt(fan_in)
             nn.init.uniform_(self.bias, -bound, bound)
-
-    @property
-    def temperature(self) -> float:
-        return float(self.attention.temperature)
-
-    def update_temperature(self, temperature: float) -> None:
-        """Softmax/sigmoid temperature of every attention (released name); annealed 30 -> 1 early in training."""
-        self.attention.update_temperature(temperature)
 
     def layer_shape(self, x: Tensor) -> LayerShape:
         """What the formulation dispatch looks at for input `x`."""
@@ -136,11 +122,81 @@ class ODConv2d(nn.Module):
             s += f", dilation={self.dilation}"
         if self.groups != 1:
             s += f", groups={self.groups}"
-        s += f", kernel_num={self.kernel_num}"
+        if self.bias is not None:
+            s += ", bias=True"
+        return s
+
+
+class ODConv2d(DynamicConv2d):
+    """A convolution whose kernel is modulated per sample along space, input channels, output channels and
+    kernel number by attentions computed from the input (no bias by default, as released).
+
+    For sample b: ``y[b] = a_f[b] * conv(x[b] * a_c[b], sum_i a_k[b, i] * a_s[b] * W_i)``.
+
+    The paper's ablations are arguments, the released layer the default: `attentions` (any subset of "spatial",
+    "channel", "filter", "kernel"; an attention left out is 1), `reduction` and `min_channel` (hidden width
+    ``max(int(in_channels * reduction), min_channel)``), `kernel_num`, `spatial_act` ("sigmoid" per tap as
+    released, or "softmax" over the kh*kw taps) and `attention_norm` ("batch": the released BatchNorm, which
+    cannot train on one-sample batches; "layer": GroupNorm(1, hidden), batch-independent; "none"). See ODAttention.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntOrPair,
+        stride: IntOrPair = 1,
+        padding: Union[IntOrPair, str] = 0,
+        dilation: IntOrPair = 1,
+        groups: int = 1,
+        reduction: float = 0.0625,
+        kernel_num: int = 4,
+        min_channel: int = 16,
+        bias: bool = False,
+        attentions=ATTENTIONS,
+        spatial_act: str = "sigmoid",
+        attention_norm: str = "batch",
+        device=None,
+        dtype=None,
+    ) -> None:
+        if not reduction > 0:
+            raise ValueError(f"reduction must be positive, got {reduction}")
+        if min_channel < 1:
+            raise ValueError(f"min_channel must be at least 1, got {min_channel}")
+        attentions = check_attention_args(attentions, kernel_num, spatial_act, attention_norm)
+
+        def make_attention(kernel_size, **factory_kwargs):
+            return ODAttention(
+                in_channels, out_channels, kernel_size, groups, reduction, kernel_num, min_channel,
+                attentions, spatial_act, attention_norm, **factory_kwargs,
+            )
+
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, kernel_num, bias,
+                         make_attention, device, dtype)
+        self.reduction = reduction
+        self.min_channel = min_channel
+        self.attentions = attentions
+        self.spatial_act = spatial_act
+        self.attention_norm = attention_norm
+
+    @property
+    def temperature(self) -> float:
+        return float(self.attention.temperature)
+
+    def update_temperature(self, temperature: float) -> None:
+        """Softmax/sigmoid temperature of every attention (released name); annealed 30 -> 1 early in training."""
+        self.attention.update_temperature(temperature)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr() + f", kernel_num={self.kernel_num}"
         if self.reduction != 0.0625:
             s += f", reduction={self.reduction}"
         if self.min_channel != 16:
             s += f", min_channel={self.min_channel}"
-        if self.bias is not None:
-            s += ", bias=True"
+        if self.attentions != ATTENTIONS:
+            s += f", attentions={self.attentions}"
+        if self.spatial_act != "sigmoid":
+            s += f", spatial_act={self.spatial_act!r}"
+        if self.attention_norm != "batch":
+            s += f", attention_norm={self.attention_norm!r}"
         return s

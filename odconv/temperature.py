@@ -5,12 +5,13 @@ from torch import nn
 
 
 def set_temperature(model: nn.Module, temperature: float) -> int:
-    """Set the temperature of every ODConv layer in `model`; returns how many layers were updated."""
-    from .conv import ODConv2d
+    """Set the temperature of every dynamic conv in `model` that has one (ODConv2d, DyConv2d; CondConv2d has
+    none); returns how many layers were updated."""
+    from .conv import DynamicConv2d
 
     n = 0
     for m in model.modules():
-        if isinstance(m, ODConv2d):
+        if isinstance(m, DynamicConv2d) and hasattr(m, "update_temperature"):
             m.update_temperature(temperature)
             n += 1
     return n

@@ -1,64 +1,122 @@
-"""A plain per-sample reference for ODConv, written from the paper's equations, for the tests to compare against.
+"""Plain per-sample references for ODConv, CondConv and DyConv, written from the papers' equations, for the tests
+to compare against.
 
-Everything is computed from the layer's parameters with explicit tensor algebra (no ODAttention, no odconv
+Everything is computed from the layer's parameters with explicit tensor algebra (no attention modules, no odconv
 functional code) and one `F.conv2d` per sample, so it shares no code path with the operator under test.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from odconv import ODConv2d
 
 
-def float64_params(layer: ODConv2d) -> dict[str, Tensor]:
+def float64_params(layer: nn.Module) -> dict[str, Tensor]:
     """Detached float64 leaf copies of the layer's parameters (requires_grad) and buffers."""
     out = {n: p.detach().double().requires_grad_() for n, p in layer.named_parameters()}
     out.update({n: b.detach().double() for n, b in layer.named_buffers() if b.is_floating_point()})
     return out
 
 
-def reference_odconv(x: Tensor, layer: ODConv2d, p: dict[str, Tensor], training: bool) -> Tensor:
-    """y[b] = a_f[b] * conv(x[b] * a_c[b], sum_i a_k[b,i] * a_s[b] * W_i), attention BN in train or eval mode."""
-    a = "attention."
-    t = float(layer.attention.temperature)
-    pooled = x.mean(dim=(2, 3))  # (B, C_in)
-    h = pooled @ p[a + "fc.weight"].flatten(1).T
-    if training:  # batch statistics, biased variance, as BatchNorm2d in train mode
-        mu, var = h.mean(0), h.var(0, unbiased=False)
-    else:
-        mu, var = p[a + "bn.running_mean"], p[a + "bn.running_var"]
-    h = (h - mu) / torch.sqrt(var + layer.attention.bn.eps) * p[a + "bn.weight"] + p[a + "bn.bias"]
-    h = torch.relu(h)
-
-    def head(name: str) -> Tensor:
-        return (h @ p[a + name + ".weight"].flatten(1).T + p[a + name + ".bias"]) / t
-
-    b = x.shape[0]
-    k, o = layer.kernel_num, layer.out_channels
-    kh, kw = layer.kernel_size
-    ch = torch.sigmoid(head("channel_fc"))
-    fi = torch.sigmoid(head("filter_fc")) if layer.attention.filter_fc is not None else torch.ones(b, o, dtype=x.dtype)
-    sp = (
-        torch.sigmoid(head("spatial_fc")).view(b, kh, kw)
-        if layer.attention.spatial_fc is not None else torch.ones(b, kh, kw, dtype=x.dtype)
-    )
-    ke = torch.softmax(head("kernel_fc"), dim=1) if layer.attention.kernel_fc is not None else torch.ones(b, 1, dtype=x.dtype)
+def per_sample_conv(
+    x: Tensor, layer: nn.Module, p: dict[str, Tensor], mix: Tensor,
+    channel: Optional[Tensor] = None, filt: Optional[Tensor] = None, spatial: Optional[Tensor] = None,
+) -> Tensor:
+    """y[b] = filt[b] * conv(x[b] * channel[b], sum_i mix[b,i] * spatial[b] * W_i) (+ bias), one conv per sample;
+    a missing attention is 1."""
     outs = []
-    for i in range(b):
-        w = sum(ke[i, j] * sp[i] * p["weight"][j] for j in range(k))
-        y = F.conv2d(
-            x[i : i + 1] * ch[i].view(1, -1, 1, 1), w, None, layer.stride, layer.padding, layer.dilation, layer.groups
-        )
-        y = y * fi[i].view(1, -1, 1, 1)
+    for i in range(x.shape[0]):
+        s = 1.0 if spatial is None else spatial[i]  # inside the sum, as the paper writes it (and its rounding)
+        w = sum(mix[i, j] * s * p["weight"][j] for j in range(p["weight"].shape[0]))
+        xi = x[i: i + 1] if channel is None else x[i: i + 1] * channel[i].view(1, -1, 1, 1)
+        y = F.conv2d(xi, w, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+        if filt is not None:
+            y = y * filt[i].view(1, -1, 1, 1)
         if layer.bias is not None:
             y = y + p["bias"].view(1, -1, 1, 1)
         outs.append(y)
     return torch.cat(outs)
 
 
+def reference_odconv(x: Tensor, layer: ODConv2d, p: dict[str, Tensor], training: bool) -> Tensor:
+    """y[b] = a_f[b] * conv(x[b] * a_c[b], sum_i a_k[b,i] * a_s[b] * W_i), attention BN in train or eval mode.
+
+    Follows the layer's ablation switches: heads it lacks are 1, the spatial attention a sigmoid per tap or a
+    softmax over the taps, the squeeze normalised by BatchNorm, by a layer norm over the hidden units or not at all.
+    """
+    a = "attention."
+    att = layer.attention
+    t = float(att.temperature)
+    b = x.shape[0]
+    kh, kw = layer.kernel_size
+    if att.fc is None:  # no attention at all: the static conv
+        return per_sample_conv(x, layer, p, torch.ones(b, 1, dtype=x.dtype))
+    pooled = x.mean(dim=(2, 3))  # (B, C_in)
+    h = pooled @ p[a + "fc.weight"].flatten(1).T
+    if att.fc.bias is not None:
+        h = h + p[a + "fc.bias"]
+    if att.bn is not None:
+        if training:  # batch statistics, biased variance, as BatchNorm2d in train mode
+            mu, var = h.mean(0), h.var(0, unbiased=False)
+        else:
+            mu, var = p[a + "bn.running_mean"], p[a + "bn.running_var"]
+        h = (h - mu) / torch.sqrt(var + att.bn.eps) * p[a + "bn.weight"] + p[a + "bn.bias"]
+    elif att.norm is not None:  # per sample, over the hidden units
+        mu, var = h.mean(1, keepdim=True), h.var(1, unbiased=False, keepdim=True)
+        h = (h - mu) / torch.sqrt(var + att.norm.eps) * p[a + "norm.weight"] + p[a + "norm.bias"]
+    h = torch.relu(h)
+
+    def head(name: str) -> Tensor:
+        return (h @ p[a + name + ".weight"].flatten(1).T + p[a + name + ".bias"]) / t
+
+    ch = torch.sigmoid(head("channel_fc")) if att.channel_fc is not None else None
+    fi = torch.sigmoid(head("filter_fc")) if att.filter_fc is not None else None
+    sp = None
+    if att.spatial_fc is not None:
+        act = torch.sigmoid if att.spatial_act == "sigmoid" else lambda z: torch.softmax(z, dim=1)
+        sp = act(head("spatial_fc")).view(b, kh, kw)
+    ke = torch.softmax(head("kernel_fc"), dim=1) if att.kernel_fc is not None else torch.ones(b, 1)
+    return per_sample_conv(x, layer, p, ke.to(x.dtype), ch, fi, sp)
+
+
+def reference_condconv(x: Tensor, layer: nn.Module, p: dict[str, Tensor]) -> Tensor:
+    """CondConv (Yang et al. 2019, Eq. 2): y[b] = conv(x[b], sum_i sigmoid(GAP(x[b]) R + c)_i W_i)."""
+    routing = torch.sigmoid(x.mean(dim=(2, 3)) @ p["attention.fc.weight"].T + p["attention.fc.bias"])
+    return per_sample_conv(x, layer, p, routing)
+
+
+def reference_dyconv(x: Tensor, layer: nn.Module, p: dict[str, Tensor]) -> Tensor:
+    """DyConv (Chen et al. 2020): y[b] = conv(x[b], sum_i pi_i W_i), pi = softmax(W2 relu(W1 GAP(x[b])) / T)."""
+    h = torch.relu(x.mean(dim=(2, 3)) @ p["attention.fc1.weight"].T)
+    z = h @ p["attention.fc2.weight"].T + p["attention.fc2.bias"]
+    return per_sample_conv(x, layer, p, torch.softmax(z / float(layer.attention.temperature), dim=1))
+
+
 def rel_err(a: Tensor, b: Tensor) -> float:
     """Relative error in the Frobenius norm, the measure float32 rounding is judged by."""
     a, b = a.detach().double(), b.detach().double()
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def assert_matches_reference(layer: nn.Module, x: Tensor, reference, tol: float) -> None:
+    """Forward and every gradient (input and each parameter) of `layer` at `x` against `reference(x64, p)`,
+    computed in float64 from the layer's parameters `p`, for one random output gradient."""
+    x = x.detach().requires_grad_()
+    y = layer(x)
+    grad_out = torch.randn_like(y)
+    y.backward(grad_out)
+    p = float64_params(layer)
+    x64 = x.detach().double().requires_grad_()
+    y_ref = reference(x64, p)
+    y_ref.backward(grad_out.double())
+    assert y.shape == y_ref.shape
+    assert rel_err(y, y_ref) < tol, f"output rel err {rel_err(y, y_ref)}"
+    assert rel_err(x.grad, x64.grad) < tol, f"input grad rel err {rel_err(x.grad, x64.grad)}"
+    for name, prm in layer.named_parameters():
+        assert prm.grad is not None, f"no gradient for {name}"
+        err = rel_err(prm.grad, p[name].grad)
+        assert err < tol, f"grad of {name}: rel err {err}"

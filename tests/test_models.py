@@ -1,5 +1,8 @@
-"""The zoo: exact parameter counts, timm registration, forward/backward and stage outputs, checkpoint loading."""
+"""The zoo: exact parameter counts, timm registration, the dynamic-conv families and their stages, forward/backward and
+stage outputs, checkpoint loading."""
 from __future__ import annotations
+
+import functools
 
 import pytest
 import timm
@@ -7,10 +10,11 @@ import torch
 from torch import nn
 
 import models
-from models import CheckpointMismatchError, load_checkpoint
-from odconv import ODConv2d
+from models import CheckpointMismatchError, count_params, load_checkpoint
+from models.published import PAPER_ROWS, paper_row
+from odconv import CondConv2d, DyConv2d, DynamicConv2d, ODConv2d
 
-# Released parameter counts (1000 classes, reduction 1/16).
+# Released parameter counts (1000 classes, reduction 1/16): the released code's models, counted by it.
 OD_PARAMS = {
     ("od_resnet18", 1): 11_943_944, ("od_resnet18", 4): 44_901_640,
     ("od_resnet34", 1): 22_290_168, ("od_resnet34", 4): 85_551_288,
@@ -20,42 +24,113 @@ OD_PARAMS = {
     ("od_mobilenetv2_075", 1): 3_507_113, ("od_mobilenetv2_075", 4): 7_496_013,
     ("od_mobilenetv2_050", 1): 2_425_537, ("od_mobilenetv2_050", 4): 4_435_501,
 }
+# torchvision's resnet18/50/101 and mobilenet_v2(width_mult=1.0/0.75/0.5) counts.
 STATIC_PARAMS = {
     "static_resnet18": 11_689_512, "static_resnet50": 25_557_032, "static_resnet101": 44_549_160,
     "static_mobilenetv2_100": 3_504_872, "static_mobilenetv2_075": 2_636_424, "static_mobilenetv2_050": 1_968_680,
 }
+FAMILIES = ("od_", "condconv_", "dyconv_", "static_")
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenetv2_050", "mobilenetv2_075", "mobilenetv2_100")
 
 
-def _count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+def _meta(name: str, **kwargs) -> nn.Module:
+    """The model on the meta device (shapes only), built once per test session: tests only read it."""
+    return _meta_cached(name, tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items())))
+
+
+@functools.lru_cache(maxsize=None)
+def _meta_cached(name: str, kwargs: tuple) -> nn.Module:
+    return timm.create_model(name, device="meta", **dict(kwargs))
 
 
 @pytest.mark.parametrize("name, kernel_num", list(OD_PARAMS), ids=[f"{n}-{k}x" for n, k in OD_PARAMS])
 def test_odconv_parameter_counts_equal_the_released_models(name, kernel_num):
-    with torch.device("meta"):  # counting needs shapes only
-        model = timm.create_model(name, kernel_num=kernel_num)
-    assert _count(model) == OD_PARAMS[name, kernel_num]
+    assert count_params(_meta(name, kernel_num=kernel_num)) == OD_PARAMS[name, kernel_num]
 
 
 @pytest.mark.parametrize("name", list(STATIC_PARAMS))
 def test_static_parameter_counts_equal_torchvision(name):
-    with torch.device("meta"):
-        model = timm.create_model(name)
-    assert _count(model) == STATIC_PARAMS[name]
+    assert count_params(_meta(name)) == STATIC_PARAMS[name]
 
 
-def test_registration_keeps_timms_own_models():
+def _dynamic_sites(static: nn.Module) -> list[nn.Conv2d]:
+    """The convs a dynamic twin replaces, read off the static twin: every conv but the stem and the 1x1 shortcuts."""
+    return [m for n, m in static.named_modules()
+            if isinstance(m, nn.Conv2d) and n not in ("conv1", "features.0.0") and "downsample" not in n]
+
+
+def _condconv_extra(conv: nn.Conv2d, experts: int) -> int:
+    # experts - 1 more kernels, and the routing FC: C_in x E weights + E biases (CondConv, Eq. 2).
+    return (experts - 1) * conv.weight.numel() + conv.in_channels * experts + experts
+
+
+def _dyconv_extra(conv: nn.Conv2d, k: int, reduction: int) -> int:
+    # k - 1 more kernels; attention FC(C_in -> C_in/r, no bias) -> ReLU -> FC(-> K, with bias) (DyConv, Sec. 3.2).
+    hidden = max(conv.in_channels // reduction, 1)
+    return (k - 1) * conv.weight.numel() + conv.in_channels * hidden + hidden * k + k
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "mobilenetv2_100"])
+def test_condconv_and_dyconv_counts_follow_from_the_static_twin(arch):
+    static = _meta(f"static_{arch}")
+    sites = _dynamic_sites(static)
+    base = count_params(static)
+    assert count_params(_meta(f"condconv_{arch}")) == base + sum(_condconv_extra(c, 8) for c in sites)
+    assert count_params(_meta(f"condconv_{arch}", num_experts=3)) == base + sum(_condconv_extra(c, 3) for c in sites)
+    assert count_params(_meta(f"dyconv_{arch}")) == base + sum(_dyconv_extra(c, 4, 4) for c in sites)
+    assert count_params(_meta(f"dyconv_{arch}", kernel_num=2, reduction=8)) == base + sum(
+        _dyconv_extra(c, 2, 8) for c in sites)
+
+
+def test_paper_comparison_rows_by_hand():
+    # ResNet18 block convs: 4 of 64x64x3x3 in layer1, then per stage c in (128, 256, 512): one c x c/2 x 3x3 and
+    # three c x c x 3x3. Written out here, not read off a model.
+    convs = [(64, 64)] * 4 + [(c // 2, c) for c in (128, 256, 512)] + [(c, c) for c in (128, 256, 512) for _ in range(3)]
+    weights = sum(9 * i * o for i, o in convs)
+    assert weights == 10_985_472
+    condconv = 11_689_512 + sum(7 * 9 * i * o + 8 * i + 8 for i, o in convs)
+    dyconv = 11_689_512 + sum(3 * 9 * i * o + i * (i // 4) + (i // 4) * 4 + 4 for i, o in convs)
+    assert count_params(_meta("condconv_resnet18")) == condconv == 88_615_080
+    assert count_params(_meta("dyconv_resnet18")) == dyconv == 44_933_032
+    # The paper's DyConv (4x) 45.47M is this plus DyConv in the three 1x1 shortcut convs (all convs but the stem,
+    # as the DyConv paper does): 3 more kernels and an attention each.
+    shortcuts = [(64, 128), (128, 256), (256, 512)]
+    assert round((dyconv + sum(3 * i * o + i * (i // 4) + (i // 4) * 4 + 4 for i, o in shortcuts)) / 1e6, 2) == 45.47
+
+
+def test_published_rows_match_our_models():
+    """Every published row names a zoo model whose exact count rounds to the published figure: a typo in the
+    table or a change in the architecture fails here."""
+    for (arch, k), row in PAPER_ROWS.items():
+        name = f"od_{arch}" if k else f"static_{arch}"
+        assert name in models.MODEL_NAMES
+        assert paper_row(name, k) is row
+        model = _meta(name, **({"kernel_num": k} if k else {}))
+        assert round(count_params(model) / 1e6, 2) == row.params, row.label
+    assert paper_row("od_resnet34", 1) is None  # not in the paper's tables
+
+
+def test_registration_is_explicit_and_keeps_timms_own_models():
     assert timm.create_model("resnet50").__class__.__module__.startswith("timm.")
     assert timm.create_model("mobilenetv2_100").__class__.__module__.startswith("timm.")
-    assert set(models.MODEL_NAMES) <= set(timm.list_models("od_*") + timm.list_models("static_*"))
-    assert len(models.MODEL_NAMES) == 14
+    expected = {f + a for f in FAMILIES for a in ARCHS}
+    assert set(models.MODEL_NAMES) == expected and len(expected) == 28
+    assert expected <= set(timm.list_models())
+    for name in expected:  # one function per model, named after it, as timm writes them
+        fn = timm.models.model_entrypoint(name)
+        assert fn.__name__ == name and fn.__module__ == "models.registry" and fn is getattr(models, name)
+
+
+def _kernels(name: str) -> dict:
+    if name.startswith("od_") or name.startswith("dyconv_"):
+        return dict(kernel_num=2)
+    return dict(num_experts=2) if name.startswith("condconv_") else {}
 
 
 @pytest.mark.parametrize("name", models.MODEL_NAMES)
 def test_forward_backward_and_stage_outputs(name):
-    kwargs = dict(kernel_num=2) if name.startswith("od_") else {}
     torch.manual_seed(0)
-    model = timm.create_model(name, num_classes=10, **kwargs)
+    model = timm.create_model(name, num_classes=10, **_kernels(name))
     x = torch.randn(2, 3, 32, 32, requires_grad=True)
     out = model(x)
     assert out.shape == (2, 10)
@@ -70,23 +145,92 @@ def test_forward_backward_and_stage_outputs(name):
     torch.testing.assert_close(model.forward_head(stages[-1]), model(x.detach()))
 
 
-def test_stage_channels_feed_a_feature_pyramid():
-    assert [f["num_chs"] for f in models.od_resnet50().feature_info] == [256, 512, 1024, 2048]
-    assert [f["num_chs"] for f in models.od_mobilenetv2_100().feature_info] == [24, 32, 96, 1280]
-    feats = timm.create_model("od_mobilenetv2_100", features_only=True, kernel_num=1).eval()
-    assert [o.shape[1] for o in feats(torch.randn(1, 3, 64, 64))] == [24, 32, 96, 1280]
+@pytest.mark.parametrize("name", ["condconv_resnet18", "dyconv_resnet50", "condconv_mobilenetv2_050", "dyconv_mobilenetv2_100"])
+def test_features_only_gives_the_four_stages(name):
+    feats = timm.create_model(name, features_only=True, **_kernels(name)).eval()
+    outs = feats(torch.randn(1, 3, 64, 64))
+    assert [o.shape[1] for o in outs] == feats.feature_info.channels()
+    assert [64 // o.shape[-1] for o in outs] == [4, 8, 16, 32]
 
 
-def test_architecture_is_the_released_one():
-    r = models.od_resnet50(kernel_num=4)
-    assert type(r.conv1) is nn.Conv2d and type(r.layer1[0].downsample[0]) is nn.Conv2d and type(r.fc) is nn.Linear
-    assert all(isinstance(getattr(b, c), ODConv2d) for layer in (r.layer1, r.layer4) for b in layer for c in ("conv1", "conv2", "conv3"))
-    assert sum(isinstance(m, ODConv2d) for m in r.modules()) == 16 * 3
-    m = models.od_mobilenetv2_100()
-    assert type(m.features[0][0]) is nn.Conv2d
-    assert isinstance(m.features[18][0], ODConv2d) and m.features[18][0].out_channels == 1280
-    assert isinstance(m.features[3].conv[1][0], ODConv2d) and m.features[3].conv[1][0].groups == 144
-    assert m.classifier[0].p == 0.2 and r.dropout.p == 0.1
+def test_each_family_injects_its_layer_where_odconv_goes():
+    for prefix, cls in (("od_", ODConv2d), ("condconv_", CondConv2d), ("dyconv_", DyConv2d)):
+        r = _meta(prefix + "resnet50")
+        assert type(r.conv1) is nn.Conv2d and type(r.layer1[0].downsample[0]) is nn.Conv2d and type(r.fc) is nn.Linear
+        assert sum(type(m) is cls for m in r.modules()) == 16 * 3
+        m = _meta(prefix + "mobilenetv2_100")
+        assert type(m.features[0][0]) is nn.Conv2d
+        assert type(m.features[18][0]) is cls and m.features[18][0].out_channels == 1280
+        assert type(m.features[3].conv[1][0]) is cls and m.features[3].conv[1][0].groups == 144
+    assert _meta("condconv_resnet18").layer1[0].conv1.num_experts == 8
+    assert _meta("dyconv_resnet18").layer1[0].conv1.kernel_num == 4
+    assert _meta("od_resnet18").layer1[0].conv1.kernel_num == 1
+
+
+def _block_strides(model: nn.Module, size: int = 64) -> tuple[set[int], set[int]]:
+    """Output strides of the blocks whose convs are all dynamic, and of those whose convs are all static."""
+    blocks = list(model.features)[1:] if hasattr(model, "features") else [
+        b for i in range(1, 5) for b in getattr(model, f"layer{i}")]
+    dynamic, static = set(), set()
+
+    hooks = []
+    for block in blocks:
+        # The block's own convs: not the static 1x1 shortcut, not the convs inside an ODConv attention branch.
+        convs = [m for n, m in block.named_modules() if isinstance(m, DynamicConv2d) or (
+            isinstance(m, nn.Conv2d) and "downsample" not in n and "attention" not in n)]
+        kinds = {isinstance(m, DynamicConv2d) for m in convs}
+        assert len(kinds) == 1, "a block mixes static and dynamic convs"
+        target = dynamic if kinds.pop() else static
+        hooks.append(block.register_forward_hook(lambda mod, i, o, t=target: t.add(size // o.shape[-1])))
+    model.eval()(torch.randn(1, 3, size, size))
+    for h in hooks:
+        h.remove()
+    return dynamic, static
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenetv2_050"])
+def test_dynamic_stages_are_the_output_strides(arch):
+    # Stage s = blocks with output stride 2**(s+1); MobileNetV2's stride-2 t=1 block belongs to stage 1.
+    stage_strides = {1: {2, 4}, 2: {8}, 3: {16}, 4: {32}}
+    for stages in ([1, 2, 3, 4], [3, 4], [1], [2, 4]):
+        dynamic, static = _block_strides(timm.create_model(f"dyconv_{arch}", dynamic_stages=stages))
+        expected = set().union(*(stage_strides[s] for s in stages))
+        if arch.startswith("resnet"):
+            expected.discard(2)
+        assert dynamic == expected and not dynamic & static, stages
+    full, late = (count_params(_meta(f"od_{arch}", dynamic_stages=s)) for s in ([1, 2, 3, 4], [3, 4]))
+    assert count_params(_meta(f"static_{arch}")) < late < full
+
+
+def test_dynamic_stages_of_mobilenetv2_by_module():
+    m = timm.create_model("od_mobilenetv2_100", dynamic_stages=[4])
+    assert type(m.features[13].conv[0][0]) is nn.Conv2d and type(m.features[14].conv[0][0]) is ODConv2d
+    assert type(m.features[18][0]) is ODConv2d  # the final 1x1 conv runs at stride 32: stage 4
+    m = timm.create_model("od_mobilenetv2_100", dynamic_stages=[1])
+    assert type(m.features[1].conv[0][0]) is ODConv2d and type(m.features[4].conv[0][0]) is nn.Conv2d
+
+
+def test_dropout_default_is_decided_by_the_builder():
+    def p(model):
+        return model.dropout.p if hasattr(model, "dropout") else model.classifier[0].p
+
+    assert p(_meta("od_resnet18")) == 0.1 and p(_meta("od_mobilenetv2_100")) == 0.1
+    assert p(_meta("od_resnet18", kernel_num=4)) == 0.2 and p(_meta("od_mobilenetv2_100", kernel_num=4)) == 0.2
+    assert p(_meta("condconv_resnet18")) == 0.2 and p(_meta("dyconv_mobilenetv2_050")) == 0.2
+    assert p(_meta("condconv_resnet18", num_experts=2)) == 0.1
+    assert p(_meta("static_resnet50")) == 0.1 and p(_meta("static_mobilenetv2_100")) == 0.1
+    assert p(_meta("od_resnet18", dropout=0.0)) == 0.0 and p(_meta("static_resnet18", drop_rate=0.3)) == 0.3
+    with pytest.raises(TypeError, match="dropout"):
+        models.ResNet(18)  # the class has no default of its own
+
+
+def test_device_and_dtype_kwargs_reach_every_tensor():
+    for name in ("od_resnet18", "condconv_mobilenetv2_050", "dyconv_resnet18", "static_mobilenetv2_050"):
+        model = timm.create_model(name, device="meta", dtype=torch.float64)
+        tensors = list(model.parameters()) + [b for b in model.buffers() if b.is_floating_point()]
+        assert all(t.device.type == "meta" and t.dtype == torch.float64 for t in tensors), name
+    model = timm.create_model("dyconv_resnet18", dtype=torch.float64, num_classes=3).eval()
+    assert model(torch.randn(1, 3, 32, 32, dtype=torch.float64)).dtype == torch.float64
 
 
 def test_timm_kwargs_and_pretrained_cfg():
@@ -98,14 +242,30 @@ def test_timm_kwargs_and_pretrained_cfg():
     assert cfg["mean"] == timm.data.IMAGENET_DEFAULT_MEAN and cfg["std"] == timm.data.IMAGENET_DEFAULT_STD
     data_cfg = timm.data.resolve_data_config({}, model=model)
     assert data_cfg["crop_pct"] == 0.875
-    with pytest.raises(ValueError, match="load_checkpoint"):
-        timm.create_model("od_resnet50", pretrained=True)
-    with pytest.raises(ValueError, match="static model and takes no kernel_num"):
-        timm.create_model("static_resnet50", kernel_num=4)
-    with pytest.raises(ValueError, match="either dropout or drop_rate"):
-        timm.create_model("od_resnet18", dropout=0.1, drop_rate=0.2)
     model.reset_classifier(5)
     assert model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 5)
+    model.reset_classifier(0, "")  # timm's way to get the unpooled features
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 2048, 2, 2)
+    pooled = timm.create_model("static_mobilenetv2_050", num_classes=0).eval()
+    assert pooled(torch.randn(1, 3, 64, 64)).shape == (1, pooled.head_hidden_size)
+
+
+def test_bad_builder_arguments_get_one_clear_error():
+    with pytest.raises(ValueError, match="load_checkpoint"):
+        timm.create_model("od_resnet50", pretrained=True)
+    with pytest.raises(ValueError, match="static model and takes no kernel_num; use od_resnet50"):
+        timm.create_model("static_resnet50", kernel_num=4)
+    with pytest.raises(ValueError, match="static model and takes no dynamic_stages"):
+        timm.create_model("static_resnet50", dynamic_stages=[4])
+    with pytest.raises(ValueError, match="od_resnet18 takes no num_experts; its layer arguments are"):
+        timm.create_model("od_resnet18", num_experts=4)
+    with pytest.raises(ValueError, match="condconv_mobilenetv2_050 takes no kernel_num"):
+        timm.create_model("condconv_mobilenetv2_050", kernel_num=4)
+    with pytest.raises(ValueError, match="either dropout or drop_rate"):
+        timm.create_model("od_resnet18", dropout=0.1, drop_rate=0.2)
+    for bad in ([0], [], [2, 2], "34", [5]):
+        with pytest.raises(ValueError, match="dynamic_stages must be"):
+            timm.create_model("dyconv_resnet18", dynamic_stages=bad)
 
 
 def _pair(name="od_resnet18"):
@@ -155,13 +315,5 @@ def test_checkpoint_bad_files_get_one_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint file not found: .*nope.pt"):
         load_checkpoint(models.static_resnet18(), tmp_path / "nope.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointMismatchError, match="cannot read checkpoint"):
+    with pytest.raises(CheckpointMismatchError, match=r"junk.pt is not a readable PyTorch checkpoint \(not written"):
         load_checkpoint(models.static_resnet18(), tmp_path / "junk.pt")
-
-
-def test_published_rows_cover_every_table_entry():
-    assert models.published.paper_row("od_resnet50", 4).top1 == 78.50
-    assert models.published.paper_row("static_resnet50", 0).macs == 3858
-    assert models.published.paper_row("od_resnet101", 2).params == 90.44
-    assert models.published.paper_row("od_resnet34", 1) is None  # not in the paper's tables
-    assert len(models.published.PAPER_ROWS) == 18
