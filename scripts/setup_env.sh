@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Creates the project's virtual environment: the pinned stack, then this project in editable mode.
+# Creates the project's virtual environment with the training stack: the pinned torch/torchvision (from the
+# machine's local wheel cache with pip), timm, Hydra, submitit, wandb, pycocotools, then this project in editable
+# mode. The detection stack (mmcv built from source, mmdet) is separate: scripts/setup_mmdet.sh (make setup-detection).
 set -euo pipefail
 venv=${1:-.venv}
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -10,4 +12,3 @@ fi
 "$venv/bin/python" -m pip install -q --upgrade "pip<26"
 "$venv/bin/python" -m pip install -q -r requirements.txt
 "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
-bash scripts/setup_mmdet.sh "$venv"  # detection stack: mmcv 2.1.0 built once per machine, then mmengine + mmdet 3.3.0
