@@ -84,6 +84,13 @@ def _describe_layer(attention: nn.Module) -> str:
     return f"{type(layer).__name__}({layer.extra_repr()})"
 
 
+def is_inference_call(module: nn.Module) -> bool:
+    """Whether `module` runs a pure inference call: eval mode, no autograd (no gradient can be owed to weights
+    folded ahead of time) and eager (a compiler folds constants itself, and a cache on the module would be
+    captured as one)."""
+    return not module.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+
+
 class ODAttention(nn.Module):
     """Squeeze (GAP -> 1x1 conv -> norm -> ReLU), then one 1x1-conv head per attended dimension.
 
@@ -141,6 +148,8 @@ class ODAttention(nn.Module):
         self.filter_fc = nn.Conv2d(hidden, out_channels, 1, **factory_kwargs) if has["filter"] else None
         self.spatial_fc = nn.Conv2d(hidden, kh * kw, 1, **factory_kwargs) if has["spatial"] else None
         self.kernel_fc = nn.Conv2d(hidden, kernel_num, 1, **factory_kwargs) if has["kernel"] else None
+        # (key, folded weights) of the inference path; see _inference_weights.
+        self._folded: Optional[tuple] = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -183,14 +192,29 @@ class ODAttention(nn.Module):
         heads = self._heads()
         if not heads:
             return Attentions(x.new_ones(b, x.shape[1]), None, None, None)
-        s = self._squeeze(x)
-        # The heads as one GEMM over their concatenated weights, one division by the temperature and one
-        # sigmoid over channel, filter and spatial logits together: a layer's attention branch is a dozen
-        # small ops instead of twenty, and in eager mode each op costs more than its arithmetic (batch 1,
-        # small maps). Parameters and results are those of the released per-head 1x1 convs.
-        weight = torch.cat([h.weight.flatten(1) for h in heads])
-        bias = torch.cat([h.bias for h in heads])
-        logits = F.linear(s, weight, bias) / self.temperature
+        folded = self._inference_weights() if is_inference_call(self) else None
+        if folded is not None:
+            # Inference: the eval BatchNorm is in the squeeze weights and 1/T in the heads', computed once; the
+            # GAP's division by H*W rides on the GEMM (alpha). Five small ops where training mode has a dozen.
+            w1, b1, w2, b2 = folded
+            s = torch.addmm(b1, x.sum((2, 3)), w1.t(), alpha=1.0 / (x.shape[-2] * x.shape[-1]))
+            if self.norm is not None:
+                s = self.norm(s.view(b, -1, 1, 1)).view(b, -1)
+            logits = torch.addmm(b2, s.relu_(), w2.t())
+        else:
+            s = self._squeeze(x)
+            # The heads as one GEMM over their concatenated weights, one division by the temperature and one
+            # sigmoid over channel, filter and spatial logits together: a layer's attention branch is a dozen
+            # small ops instead of twenty, and in eager mode each op costs more than its arithmetic (batch 1,
+            # small maps). Parameters and results are those of the released per-head 1x1 convs.
+            weight = torch.cat([h.weight.flatten(1) for h in heads])
+            bias = torch.cat([h.bias for h in heads])
+            logits = F.linear(s, weight, bias) / self.temperature
+        return self._activate(x, logits)
+
+    def _activate(self, x: Tensor, logits: Tensor) -> Attentions:
+        """The heads' activations over their slices of the concatenated logits (already divided by T)."""
+        b = x.shape[0]
         c = self.channel_fc.out_channels if self.channel_fc is not None else 0
         o = self.filter_fc.out_channels if self.filter_fc is not None else 0
         kh, kw = self.kernel_size
@@ -207,6 +231,46 @@ class ODAttention(nn.Module):
             spatial = taps.reshape(b, kh, kw)
         kernel = torch.softmax(logits[:, c + o + t:], dim=1) if self.kernel_fc is not None else None
         return Attentions(channel, filt, spatial, kernel)
+
+    def _inference_weights(self) -> Optional[tuple[Tensor, Tensor, Tensor, Tensor]]:
+        """(squeeze weight, squeeze bias, heads' weight, heads' bias) computing the eval-mode attention logits
+        in two GEMMs: ``logits = relu(GAP(x) @ w1.T + b1) @ w2.T + b2`` (the layer norm, if any, still in between).
+
+        Cached until a parameter, a BatchNorm statistic or the temperature changes (each tensor's storage and
+        version counter are the key, so an optimiser step, `load_state_dict`, an EMA update or `.to()` all
+        invalidate it) and on `train()`. None where the BatchNorm keeps no running statistics.
+        """
+        heads = self._heads()
+        tensors = [self.fc.weight, self.fc.bias, self.temperature]
+        tensors += [h.weight for h in heads] + [h.bias for h in heads]
+        if self.bn is not None:
+            if self.bn.running_var is None:
+                return None
+            tensors += [self.bn.weight, self.bn.bias, self.bn.running_mean, self.bn.running_var]
+        tensors = [t for t in tensors if t is not None]
+        # Inference tensors (a model built under torch.inference_mode) have no version counter: no caching.
+        key = None if any(t.is_inference() for t in tensors) else tuple((t.data_ptr(), t._version) for t in tensors)
+        if key is not None and self._folded is not None and self._folded[0] == key:
+            return self._folded[1]
+        w1 = self.fc.weight.flatten(1)
+        b1 = self.fc.bias if self.fc.bias is not None else w1.new_zeros(w1.shape[0])
+        if self.bn is not None:  # eval BatchNorm: an affine map of the squeeze's output, folded into it
+            scale = self.bn.weight * torch.rsqrt(self.bn.running_var + self.bn.eps)
+            w1 = w1 * scale[:, None]
+            b1 = (b1 - self.bn.running_mean) * scale + self.bn.bias
+        w2 = torch.cat([h.weight.flatten(1) for h in heads]) / self.temperature
+        b2 = torch.cat([h.bias for h in heads]) / self.temperature
+        folded = (w1, b1, w2, b2)
+        self._folded = (key, folded) if key is not None else None
+        return folded
+
+    def train(self, mode: bool = True) -> "ODAttention":
+        self._folded = None
+        return super().train(mode)
+
+    def __getstate__(self):  # copies and pickles never carry the cache (it may hold inference tensors)
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        return {**state, "_folded": None}
 
     def extra_repr(self) -> str:
         return f"hidden={self.fc.out_channels}" if self.fc is not None else "no attention"
