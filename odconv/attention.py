@@ -197,10 +197,10 @@ class ODAttention(nn.Module):
             # Inference: the eval BatchNorm is in the squeeze weights and 1/T in the heads', computed once; the
             # GAP's division by H*W rides on the GEMM (alpha). Five small ops where training mode has a dozen.
             w1, b1, w2, b2 = folded
-            s = torch.addmm(b1, x.sum((2, 3)), w1.t(), alpha=1.0 / (x.shape[-2] * x.shape[-1]))
+            s = torch.addmm(b1, x.sum((2, 3)), w1, alpha=1.0 / (x.shape[-2] * x.shape[-1]))
             if self.norm is not None:
                 s = self.norm(s.view(b, -1, 1, 1)).view(b, -1)
-            logits = torch.addmm(b2, s.relu_(), w2.t())
+            logits = torch.addmm(b2, s.relu_(), w2)
         else:
             s = self._squeeze(x)
             # The heads as one GEMM over their concatenated weights, one division by the temperature and one
@@ -234,24 +234,19 @@ class ODAttention(nn.Module):
 
     def _inference_weights(self) -> Optional[tuple[Tensor, Tensor, Tensor, Tensor]]:
         """(squeeze weight, squeeze bias, heads' weight, heads' bias) computing the eval-mode attention logits
-        in two GEMMs: ``logits = relu(GAP(x) @ w1.T + b1) @ w2.T + b2`` (the layer norm, if any, still in between).
+        in two GEMMs: ``logits = relu(GAP(x) @ w1 + b1) @ w2 + b2`` (the layer norm, if any, still in between;
+        the weights are stored transposed, (in, out), as the GEMMs take them).
 
         Cached until a parameter, a BatchNorm statistic or the temperature changes (each tensor's storage and
         version counter are the key, so an optimiser step, `load_state_dict`, an EMA update or `.to()` all
         invalidate it) and on `train()`. None where the BatchNorm keeps no running statistics.
         """
-        heads = self._heads()
-        tensors = [self.fc.weight, self.fc.bias, self.temperature]
-        tensors += [h.weight for h in heads] + [h.bias for h in heads]
-        if self.bn is not None:
-            if self.bn.running_var is None:
-                return None
-            tensors += [self.bn.weight, self.bn.bias, self.bn.running_mean, self.bn.running_var]
-        tensors = [t for t in tensors if t is not None]
-        # Inference tensors (a model built under torch.inference_mode) have no version counter: no caching.
-        key = None if any(t.is_inference() for t in tensors) else tuple((t.data_ptr(), t._version) for t in tensors)
+        if self.bn is not None and self.bn.running_var is None:
+            return None
+        key = self._source_key()
         if key is not None and self._folded is not None and self._folded[0] == key:
             return self._folded[1]
+        heads = self._heads()
         w1 = self.fc.weight.flatten(1)
         b1 = self.fc.bias if self.fc.bias is not None else w1.new_zeros(w1.shape[0])
         if self.bn is not None:  # eval BatchNorm: an affine map of the squeeze's output, folded into it
@@ -260,9 +255,25 @@ class ODAttention(nn.Module):
             b1 = (b1 - self.bn.running_mean) * scale + self.bn.bias
         w2 = torch.cat([h.weight.flatten(1) for h in heads]) / self.temperature
         b2 = torch.cat([h.bias for h in heads]) / self.temperature
-        folded = (w1, b1, w2, b2)
+        folded = (w1.t(), b1, w2.t(), b2)
         self._folded = (key, folded) if key is not None else None
         return folded
+
+    def _source_key(self) -> Optional[tuple]:
+        """(storage, version) of every parameter and buffer of the branch: equal keys, equal folded weights.
+
+        Read through the module dicts, not attribute access (this runs at every inference call and nn.Module's
+        attribute fallback costs a microsecond a step). None for inference tensors (a model built under
+        torch.inference_mode), which have no version counter: no caching then.
+        """
+        tensors = [self._buffers["temperature"]]
+        for m in self._modules.values():
+            if m is not None:
+                tensors += [*m._parameters.values(), *m._buffers.values()]
+        try:
+            return tuple((t.data_ptr(), t._version) for t in tensors if t is not None)
+        except RuntimeError:
+            return None
 
     def train(self, mode: bool = True) -> "ODAttention":
         self._folded = None

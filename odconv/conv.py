@@ -135,8 +135,12 @@ class DynamicConv2d(nn.Module):
         g = self.groups
         scale = None
         if att.channel is not None:  # a_c of input channel j of output o's group, as an (O or 1, I/g) grid
-            scale = att.channel.view(1, cg, 1, 1) if g == 1 else (
-                att.channel.view(g, 1, cg).expand(g, o // g, cg).reshape(o, cg, 1, 1))
+            if g == 1:
+                scale = att.channel.view(1, cg, 1, 1)
+            elif g == o:  # one output channel per group (depthwise): its own I/g input channels
+                scale = att.channel.view(o, cg, 1, 1)
+            else:
+                scale = att.channel.view(g, 1, cg).expand(g, o // g, cg).reshape(o, cg, 1, 1)
         if att.filter is not None:
             a_f = att.filter.view(o, 1, 1, 1)
             scale = a_f if scale is None else scale * a_f

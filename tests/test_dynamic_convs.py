@@ -168,6 +168,7 @@ INFERENCE_LAYERS = {
     "od-3x3-k4-stride2": lambda: ODConv2d(16, 24, 3, stride=2, padding=1, kernel_num=4),
     "od-depthwise": lambda: ODConv2d(24, 24, 3, padding=1, groups=24, kernel_num=1),
     "od-grouped": lambda: ODConv2d(16, 32, 3, padding=1, groups=4, kernel_num=2),
+    "od-one-output-per-group": lambda: ODConv2d(16, 8, 3, padding=1, groups=8, kernel_num=1),
     "od-1x1": lambda: ODConv2d(32, 16, 1, kernel_num=1),
     "od-layer-norm-softmax": lambda: ODConv2d(16, 24, 3, padding=1, spatial_act="softmax", attention_norm="layer"),
     "od-no-norm-no-channel": lambda: ODConv2d(16, 24, 3, padding=1, kernel_num=1, attention_norm="none",
