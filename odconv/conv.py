@@ -122,7 +122,7 @@ class DynamicConv2d(nn.Module):
         """Whether this layer's kernel has fewer elements than its input and output maps for one sample."""
         h, w = x.shape[-2:]
         maps = (self.in_channels + self.out_channels // (self.stride[0] * self.stride[1])) * h * w
-        return self.weight[0].numel() <= maps
+        return self.weight.numel() // self.kernel_num <= maps
 
     def _single_sample_inference(self, x: Tensor) -> Tensor:
         """One sample, no autograd, kernel smaller than the maps: every attention folded into one kernel, then one
