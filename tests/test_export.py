@@ -100,3 +100,15 @@ def test_onnx_export_runs_in_onnxruntime(name, layer_kwargs, tmp_path):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     _assert_within_float32_rounding(model, x, torch.from_numpy(out))
+
+
+@pytest.mark.slow
+def test_torch_export_with_a_dynamic_batch_dimension():
+    model = _calibrated("od_resnet18", dict(kernel_num=4))
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    batch = torch.export.Dim("batch", min=1, max=64)
+    with torch.no_grad():
+        program = torch.export.export(model, (x,), dynamic_shapes={"x": {0: batch}})
+        for b in (1, 3):  # sizes other than the traced one
+            xb = torch.randn(b, 3, 64, 64, generator=torch.Generator().manual_seed(b))
+            _assert_within_float32_rounding(model, xb, program.module()(xb))
