@@ -37,6 +37,29 @@ PAPER_ROWS: dict[tuple[str, int], PaperRow] = {
 }
 
 
+class ComparisonRow(NamedTuple):
+    label: str
+    params: float  # millions
+    note: str  # how the published count relates to ours
+
+
+# The paper's comparison with earlier dynamic convolutions on ResNet18 (params only, as quoted in issue 11).
+# Keyed like PAPER_ROWS, by (zoo model, kernels); the notes are checked by tests/test_complexity.py.
+COMPARISON_ROWS: dict[tuple[str, int], ComparisonRow] = {
+    ("condconv_resnet18", 8): ComparisonRow(
+        "ResNet18 + CondConv (8x)", 81.35,
+        "published count = CondConv in the last three residual blocks (layer3.1, layer4) and the classifier, one "
+        "routing function per block (CondConv's reference code): 81,353,120 by arithmetic; ours puts CondConv in "
+        "every residual-block conv, where ODConv goes",
+    ),
+    ("dyconv_resnet18", 4): ComparisonRow(
+        "ResNet18 + DyConv (4x)", 45.47,
+        "published count = ours + DyConv in the three 1x1 shortcut convs (all convs but the stem, as the DyConv "
+        "paper): 45,471,092; ours leaves the shortcuts static, as ODConv",
+    ),
+}
+
+
 def architecture(model_name: str) -> str:
     """'od_resnet50' or 'static_resnet50' -> 'resnet50'."""
     for prefix in ("od_", "static_"):

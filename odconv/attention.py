@@ -11,7 +11,7 @@ from torch import Tensor, nn
 class Attentions(NamedTuple):
     """Per-sample attentions; a head that the layer does not have is None (its attention is 1)."""
 
-    channel: Tensor  # (B, C_in), sigmoid; ones where the layer has no channel attention
+    channel: Optional[Tensor]  # (B, C_in), sigmoid; None where the layer has no channel attention
     filter: Optional[Tensor]  # (B, C_out), sigmoid; None for depthwise convs
     spatial: Optional[Tensor]  # (B, kh, kw), sigmoid per tap or softmax over taps; None for 1x1 kernels
     kernel: Optional[Tensor]  # (B, K) mixing weights of the K kernels (ODConv, DyConv: softmax; CondConv: sigmoid)
@@ -84,6 +84,13 @@ def _describe_layer(attention: nn.Module) -> str:
     return f"{type(layer).__name__}({layer.extra_repr()})"
 
 
+def is_inference_call(module: nn.Module) -> bool:
+    """Whether `module` runs a pure inference call: eval mode, no autograd (no gradient can be owed to weights
+    folded ahead of time) and eager (a compiler folds constants itself, and a cache on the module would be
+    captured as one)."""
+    return not module.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+
+
 class ODAttention(nn.Module):
     """Squeeze (GAP -> 1x1 conv -> norm -> ReLU), then one 1x1-conv head per attended dimension.
 
@@ -141,6 +148,8 @@ class ODAttention(nn.Module):
         self.filter_fc = nn.Conv2d(hidden, out_channels, 1, **factory_kwargs) if has["filter"] else None
         self.spatial_fc = nn.Conv2d(hidden, kh * kw, 1, **factory_kwargs) if has["spatial"] else None
         self.kernel_fc = nn.Conv2d(hidden, kernel_num, 1, **factory_kwargs) if has["kernel"] else None
+        # (key, folded weights) of the inference path; see _inference_weights.
+        self._folded: Optional[tuple] = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -182,23 +191,37 @@ class ODAttention(nn.Module):
         b = x.shape[0]
         heads = self._heads()
         if not heads:
-            return Attentions(x.new_ones(b, x.shape[1]), None, None, None)
-        s = self._squeeze(x)
-        # The heads as one GEMM over their concatenated weights, one division by the temperature and one
-        # sigmoid over channel, filter and spatial logits together: a layer's attention branch is a dozen
-        # small ops instead of twenty, and in eager mode each op costs more than its arithmetic (batch 1,
-        # small maps). Parameters and results are those of the released per-head 1x1 convs.
-        weight = torch.cat([h.weight.flatten(1) for h in heads])
-        bias = torch.cat([h.bias for h in heads])
-        logits = F.linear(s, weight, bias) / self.temperature
+            return Attentions(None, None, None, None)
+        folded = self._inference_weights() if is_inference_call(self) else None
+        if folded is not None:
+            # Inference: the eval BatchNorm is in the squeeze weights and 1/T in the heads', computed once; the
+            # GAP's division by H*W rides on the GEMM (alpha). Five small ops where training mode has a dozen.
+            w1, b1, w2, b2 = folded
+            s = torch.addmm(b1, x.sum((2, 3)), w1, alpha=1.0 / (x.shape[-2] * x.shape[-1]))
+            if self.norm is not None:
+                s = self.norm(s.view(b, -1, 1, 1)).view(b, -1)
+            logits = torch.addmm(b2, s.relu_(), w2)
+        else:
+            s = self._squeeze(x)
+            # The heads as one GEMM over their concatenated weights, one division by the temperature and one
+            # sigmoid over channel, filter and spatial logits together: a layer's attention branch is a dozen
+            # small ops instead of twenty, and in eager mode each op costs more than its arithmetic (batch 1,
+            # small maps). Parameters and results are those of the released per-head 1x1 convs.
+            weight = torch.cat([h.weight.flatten(1) for h in heads])
+            bias = torch.cat([h.bias for h in heads])
+            logits = F.linear(s, weight, bias) / self.temperature
+        return self._activate(x, logits)
+
+    def _activate(self, x: Tensor, logits: Tensor) -> Attentions:
+        """The heads' activations over their slices of the concatenated logits (already divided by T)."""
+        b = x.shape[0]
         c = self.channel_fc.out_channels if self.channel_fc is not None else 0
         o = self.filter_fc.out_channels if self.filter_fc is not None else 0
         kh, kw = self.kernel_size
         t = kh * kw if self.spatial_fc is not None else 0
         sigmoid_end = c + o + (t if self.spatial_act == "sigmoid" else 0)
         gates = torch.sigmoid(logits[:, :sigmoid_end])
-        # Until the functional core takes None there, a missing channel attention is a tensor of ones.
-        channel = gates[:, :c] if self.channel_fc is not None else x.new_ones(b, x.shape[1])
+        channel = gates[:, :c] if self.channel_fc is not None else None  # None: attention 1, no multiply
         filt = gates[:, c: c + o] if self.filter_fc is not None else None
         spatial = None
         if self.spatial_fc is not None:
@@ -207,6 +230,57 @@ class ODAttention(nn.Module):
             spatial = taps.reshape(b, kh, kw)
         kernel = torch.softmax(logits[:, c + o + t:], dim=1) if self.kernel_fc is not None else None
         return Attentions(channel, filt, spatial, kernel)
+
+    def _inference_weights(self) -> Optional[tuple[Tensor, Tensor, Tensor, Tensor]]:
+        """(squeeze weight, squeeze bias, heads' weight, heads' bias) computing the eval-mode attention logits
+        in two GEMMs: ``logits = relu(GAP(x) @ w1 + b1) @ w2 + b2`` (the layer norm, if any, still in between;
+        the weights are stored transposed, (in, out), as the GEMMs take them).
+
+        Cached until a parameter, a BatchNorm statistic or the temperature changes (each tensor's storage and
+        version counter are the key, so an optimiser step, `load_state_dict`, an EMA update or `.to()` all
+        invalidate it) and on `train()`. None where the BatchNorm keeps no running statistics.
+        """
+        if self.bn is not None and self.bn.running_var is None:
+            return None
+        key = self._source_key()
+        if key is not None and self._folded is not None and self._folded[0] == key:
+            return self._folded[1]
+        heads = self._heads()
+        w1 = self.fc.weight.flatten(1)
+        b1 = self.fc.bias if self.fc.bias is not None else w1.new_zeros(w1.shape[0])
+        if self.bn is not None:  # eval BatchNorm: an affine map of the squeeze's output, folded into it
+            scale = self.bn.weight * torch.rsqrt(self.bn.running_var + self.bn.eps)
+            w1 = w1 * scale[:, None]
+            b1 = (b1 - self.bn.running_mean) * scale + self.bn.bias
+        w2 = torch.cat([h.weight.flatten(1) for h in heads]) / self.temperature
+        b2 = torch.cat([h.bias for h in heads]) / self.temperature
+        folded = (w1.t(), b1, w2.t(), b2)
+        self._folded = (key, folded) if key is not None else None
+        return folded
+
+    def _source_key(self) -> Optional[tuple]:
+        """(storage, version) of every parameter and buffer of the branch: equal keys, equal folded weights.
+
+        Read through the module dicts, not attribute access (this runs at every inference call and nn.Module's
+        attribute fallback costs a microsecond a step). None for inference tensors (a model built under
+        torch.inference_mode), which have no version counter: no caching then.
+        """
+        tensors = [self._buffers["temperature"]]
+        for m in self._modules.values():
+            if m is not None:
+                tensors += [*m._parameters.values(), *m._buffers.values()]
+        try:
+            return tuple((t.data_ptr(), t._version) for t in tensors if t is not None)
+        except RuntimeError:
+            return None
+
+    def train(self, mode: bool = True) -> "ODAttention":
+        self._folded = None
+        return super().train(mode)
+
+    def __getstate__(self):  # copies and pickles never carry the cache (it may hold inference tensors)
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        return {**state, "_folded": None}
 
     def extra_repr(self) -> str:
         return f"hidden={self.fc.out_channels}" if self.fc is not None else "no attention"

@@ -38,8 +38,7 @@ class CondConvRouting(nn.Module):
 
     def forward(self, x: Tensor) -> Attentions:
         routing = torch.sigmoid(self.fc(global_avg_pool(x)))
-        # The channel attention is 1; a tensor of ones until functional.odconv2d accepts None there.
-        return Attentions(x.new_ones(x.shape[0], x.shape[1]), None, None, routing)
+        return Attentions(None, None, None, routing)  # only the kernel attention: the others are 1
 
 
 class CondConv2d(DynamicConv2d):

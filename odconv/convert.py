@@ -29,6 +29,7 @@ def convert(
     keep_shortcuts: bool = True,
     init_from_weight: bool = False,
     min_channel: int = 16,
+    **layer_kwargs,
 ) -> nn.Module:
     """Replace `nn.Conv2d` layers of `model` in place by `ODConv2d` and return the model.
 
@@ -36,6 +37,7 @@ def convert(
     `*downsample*` or `*shortcut*` (when `keep_shortcuts`) and every conv whose qualified name matches a
     pattern of `exclude` (fnmatch, e.g. ``"layer4.*"``). With `init_from_weight`, each of the `kernel_num`
     kernels starts as a copy of the conv's existing (for instance pretrained) weight; its bias is kept.
+    `layer_kwargs` go to every `ODConv2d` (the ablation switches: attentions, spatial_act, attention_norm).
     """
     patterns = list(exclude) + (list(DEFAULT_EXCLUDE) if keep_shortcuts else [])
     convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
@@ -48,7 +50,7 @@ def convert(
         od = ODConv2d(
             conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, padding, conv.dilation,
             conv.groups, reduction=reduction, kernel_num=kernel_num, min_channel=min_channel,
-            bias=conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype,
+            bias=conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype, **layer_kwargs,
         )
         if init_from_weight:
             with torch.no_grad():

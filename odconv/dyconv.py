@@ -51,8 +51,7 @@ class DyConvAttention(nn.Module):
     def forward(self, x: Tensor) -> Attentions:
         z = self.fc2(F.relu(self.fc1(global_avg_pool(x))))
         kernel = torch.softmax(z / self.temperature, dim=1)
-        # The channel attention is 1; a tensor of ones until functional.odconv2d accepts None there.
-        return Attentions(x.new_ones(x.shape[0], x.shape[1]), None, None, kernel)
+        return Attentions(None, None, None, kernel)  # only the kernel attention: the others are 1
 
     def extra_repr(self) -> str:
         return f"hidden={self.fc1.out_features}"

@@ -2,8 +2,11 @@
 
     python scripts/complexity.py [--arch resnet18 mobilenetv2_100 ...] [--out table.md]
 
-MAC convention: see models/complexity.py (convs and FC layers as the usual counters, plus every multiply-add
-of ODConv's dynamic parts). Rows more than 1% away from the published figure carry a note saying why.
+Prints two tables: the paper's ODConv rows (ours beside the published figures; rows more than 1% away carry a
+note saying why), then every dynamic-conv family per architecture (static, ODConv 1x/4x, CondConv 8x, DyConv 4x)
+with the published parameter count where the paper gives one. MAC convention: see models/complexity.py (convs
+and FC layers as the usual counters, plus every multiply-add of the dynamic convs' attentions and aggregation).
+Models are built on the meta device: counting needs shapes only, so even CondConv ResNet101 costs no memory.
 """
 from __future__ import annotations
 
@@ -18,13 +21,22 @@ import torch  # noqa: E402
 
 import models  # noqa: E402
 from models.complexity import count_macs, count_params  # noqa: E402
-from models.published import PAPER_ROWS  # noqa: E402
+from models.published import COMPARISON_ROWS, PAPER_ROWS  # noqa: E402
+
+# (family label, model prefix, layer kwargs): the rows of the family table, per architecture.
+FAMILIES = (
+    ("static", "static_", {}),
+    ("ODConv (1x)", "od_", {"kernel_num": 1}),
+    ("ODConv (4x)", "od_", {"kernel_num": 4}),
+    ("CondConv (8x)", "condconv_", {"num_experts": 8}),
+    ("DyConv (4x)", "dyconv_", {"kernel_num": 4}),
+)
 
 
 def _build(arch: str, kernel_num: int, **kwargs):
     name = f"od_{arch}" if kernel_num else f"static_{arch}"
     extra = {"kernel_num": kernel_num} if kernel_num else {}
-    return timm.create_model(name, **extra, **kwargs)
+    return timm.create_model(name, **extra, device="meta", **kwargs)
 
 
 def table_rows(archs: list[str]) -> list[dict]:
@@ -68,6 +80,42 @@ def _note(r: dict, base: dict | None) -> str:
     return note
 
 
+def family_rows(archs: list[str]) -> list[dict]:
+    """One dict per (architecture, family): params, MACs, and the published count where the paper has one."""
+    rows = []
+    for arch in archs:
+        static_macs = None
+        for label, prefix, layer_kwargs in FAMILIES:
+            name = prefix + arch
+            model = timm.create_model(name, device="meta", **layer_kwargs)
+            macs = count_macs(model)["total"]
+            static_macs = static_macs or macs
+            kernels = next(iter(layer_kwargs.values()), 0)
+            paper = PAPER_ROWS.get((arch, kernels if prefix == "od_" else 0)) if prefix in ("od_", "static_") else None
+            comparison = COMPARISON_ROWS.get((name, kernels))
+            rows.append(dict(
+                arch=arch, family=label, name=name, params=count_params(model), macs=macs,
+                macs_over_static=macs / static_macs - 1,
+                paper_params=paper.params if paper else comparison.params if comparison else None,
+                note=comparison.note if comparison else "",
+            ))
+    return rows
+
+
+def format_family_markdown(rows: list[dict]) -> str:
+    lines = [
+        "| Architecture | Family | Model | Params (ours) | Params (published) | MACs (ours) | MACs over static | Note |",
+        "|---|---|---|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        paper = f"{r['paper_params']:.2f}M" if r["paper_params"] is not None else "-"
+        lines.append(
+            f"| {r['arch']} | {r['family']} | `{r['name']}` | {r['params'] / 1e6:.2f}M | {paper} "
+            f"| {r['macs'] / 1e6:.1f}M | {100 * r['macs_over_static']:+.1f}% | {r['note']} |"
+        )
+    return "\n".join(lines)
+
+
 def format_markdown(rows: list[dict]) -> str:
     lines = [
         "| Model | Params (ours) | Params (published) | MACs (ours) | MACs (published) | Diff | Note |",
@@ -85,12 +133,12 @@ def format_markdown(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    archs = sorted({a for a, _ in PAPER_ROWS})
+    archs = list(models.registry.ARCHS)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", nargs="+", default=archs, choices=archs, help="architectures to count")
     parser.add_argument("--out", type=Path, help="also write the Markdown table to this file")
     args = parser.parse_args(argv)
-    text = format_markdown(table_rows(args.arch))
+    text = format_markdown(table_rows(args.arch)) + "\n\n" + format_family_markdown(family_rows(args.arch))
     print(text)
     if args.out:
         args.out.write_text(text + "\n")

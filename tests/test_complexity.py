@@ -1,4 +1,5 @@
-"""MAC counting: the published baselines are reproduced, ODConv's dynamic parts are counted by hand-checkable rules."""
+"""MAC counting: the published baselines are reproduced, the dynamic convs' extra work is counted by hand-checkable
+rules, and the paper's CondConv/DyConv parameter counts are explained by arithmetic on our models."""
 from __future__ import annotations
 
 import subprocess
@@ -10,8 +11,10 @@ import timm
 import torch
 
 import models  # noqa: F401  (registers the zoo)
-from models.complexity import count_macs, odconv_macs
-from odconv import ODConv2d
+from models import count_params
+from models.complexity import count_macs, dynamic_conv_macs
+from models.published import COMPARISON_ROWS
+from odconv import CondConv2d, DyConv2d, ODConv2d
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,7 +47,7 @@ def test_odconv_layer_macs_by_hand():
     layer = ODConv2d(64, 128, 3, stride=2, padding=1, kernel_num=4).eval()
     x = torch.zeros(1, 64, 16, 16)
     y = layer(x)
-    m = odconv_macs(layer, x, y)
+    m = dynamic_conv_macs(layer, x, y)
     weights = 128 * 64 * 9
     assert m["conv"] == weights * 8 * 8
     assert m["aggregation"] == 4 * weights + weights  # K multiply-adds per weight, one spatial multiply
@@ -52,7 +55,41 @@ def test_odconv_layer_macs_by_hand():
     assert m["attention"] == 64 * 256 + 64 * hidden + hidden * (64 + 128 + 9 + 4)
     assert m["products"] == 64 * 256 + 128 * 64
     pw = ODConv2d(64, 128, 1, kernel_num=1).eval()
-    assert odconv_macs(pw, x, pw(x))["aggregation"] == 0  # 1x1 single kernel: no per-sample kernel is built
+    assert dynamic_conv_macs(pw, x, pw(x))["aggregation"] == 0  # 1x1 single kernel: no per-sample kernel is built
+
+
+def test_condconv_and_dyconv_layer_macs_by_hand():
+    x = torch.zeros(1, 64, 16, 16)
+    weights = 128 * 64 * 9
+    cond = CondConv2d(64, 128, 3, stride=2, padding=1, num_experts=8).eval()
+    m = dynamic_conv_macs(cond, x, cond(x))
+    assert m == dict(conv=weights * 8 * 8, attention=64 * 256 + 64 * 8, aggregation=8 * weights, products=0)
+    dy = DyConv2d(64, 128, 3, stride=2, padding=1, kernel_num=4, reduction=4).eval()
+    m = dynamic_conv_macs(dy, x, dy(x))
+    assert m == dict(conv=weights * 8 * 8, attention=64 * 256 + 64 * 16 + 16 * 4, aggregation=4 * weights, products=0)
+
+
+def test_paper_comparison_counts_follow_from_ours():
+    """The paper's CondConv (8x) and DyConv (4x) ResNet18 counts, rebuilt from our models' exact counts by the
+    conventions the published notes name (models.published.COMPARISON_ROWS)."""
+    static = timm.create_model("static_resnet18", device="meta")
+    ours_cond = count_params(timm.create_model("condconv_resnet18", device="meta"))
+    ours_dy = count_params(timm.create_model("dyconv_resnet18", device="meta"))
+    conv = {n: m for n, m in static.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    # DyConv: + the three 1x1 shortcut convs as DyConv (3 more kernels, attention C -> C/4 -> 4).
+    shortcuts = [m for n, m in conv.items() if "downsample" in n]
+    dy = ours_dy + sum(3 * m.weight.numel() + m.in_channels * (m.in_channels // 4) + (m.in_channels // 4) * 4 + 4
+                       for m in shortcuts)
+    assert dy == 45_471_092 and round(dy / 1e6, 2) == COMPARISON_ROWS["dyconv_resnet18", 4].params
+    # CondConv: only layer3.1 and layer4 keep CondConv (ours has it in every block conv), one routing per block
+    # instead of one per conv, and the classifier gets 8 experts.
+    kept = [n for n in conv if n.startswith(("layer3.1.", "layer4.")) and "downsample" not in n]
+    dropped = [n for n in conv if n.startswith("layer") and "downsample" not in n and n not in kept]
+    cond = ours_cond - sum(7 * conv[n].weight.numel() for n in dropped)
+    cond -= sum(conv[n].in_channels * 8 + 8 for n in kept + dropped)  # per-conv routing out
+    cond += sum(c * 8 + 8 for c in (256, 256, 512)) + 512 * 8 + 8  # per-block routing (3 blocks + classifier) in
+    cond += 7 * (512 * 1000 + 1000)  # 7 more classifier experts
+    assert cond == 81_353_120 and round(cond / 1e6, 2) == COMPARISON_ROWS["condconv_resnet18", 8].params
 
 
 def test_odconv_macs_grow_with_kernel_number():
@@ -66,6 +103,7 @@ def test_odconv_macs_grow_with_kernel_number():
     assert static["total"] < one["total"] < four["total"]
 
 
+@pytest.mark.slow
 def test_complexity_script_prints_the_table(tmp_path):
     out = tmp_path / "table.md"
     proc = subprocess.run(
@@ -76,4 +114,9 @@ def test_complexity_script_prints_the_table(tmp_path):
     assert len(lines) == 3
     assert "| 11.94M | 11.94M | 1.830G | 1.838G | -0.4% |" in lines[1]
     assert "undocumented convention" in lines[2]  # the 4x row is 2.2% off and says why
+    family = [line for line in proc.stdout.splitlines() if line.startswith("| resnet18 |")]
+    assert [line.split(" | ")[1] for line in family] == [
+        "static", "ODConv (1x)", "ODConv (4x)", "CondConv (8x)", "DyConv (4x)"]
+    assert "| `condconv_resnet18` | 88.62M | 81.35M | 1903.7M | +4.9% | published count = CondConv in the last" in family[3]
+    assert "| `dyconv_resnet18` | 44.93M | 45.47M | 1860.0M | +2.5% | published count = ours + DyConv" in family[4]
     assert out.read_text().strip() == proc.stdout.strip()

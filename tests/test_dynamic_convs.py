@@ -158,3 +158,107 @@ def test_channels_last_and_eval_batch_of_one(kind):
     ref = LAYERS[kind][1](x.double(), layer, p)
     assert rel_err(layer(x.to(memory_format=torch.channels_last)), ref) < 1e-5
     assert rel_err(layer(x[:1]), ref[:1]) < 1e-5
+
+
+# Inference (eval, no autograd): the attention's BatchNorm and temperature folded into cached weights, and at
+# batch 1 every attention folded into one kernel where the kernel is smaller than the maps. Same results as the
+# unfused eval computation (autograd on), for every kind of layer.
+INFERENCE_LAYERS = {
+    "od-3x3-k1": lambda: ODConv2d(16, 24, 3, padding=1, kernel_num=1),
+    "od-3x3-k4-stride2": lambda: ODConv2d(16, 24, 3, stride=2, padding=1, kernel_num=4),
+    "od-depthwise": lambda: ODConv2d(24, 24, 3, padding=1, groups=24, kernel_num=1),
+    "od-grouped": lambda: ODConv2d(16, 32, 3, padding=1, groups=4, kernel_num=2),
+    "od-one-output-per-group": lambda: ODConv2d(16, 8, 3, padding=1, groups=8, kernel_num=1),
+    "od-1x1": lambda: ODConv2d(32, 16, 1, kernel_num=1),
+    "od-layer-norm-softmax": lambda: ODConv2d(16, 24, 3, padding=1, spatial_act="softmax", attention_norm="layer"),
+    "od-no-norm-no-channel": lambda: ODConv2d(16, 24, 3, padding=1, kernel_num=1, attention_norm="none",
+                                              attentions=("spatial", "filter")),
+    "condconv": lambda: CondConv2d(16, 24, 3, padding=1, num_experts=4),
+    "dyconv": lambda: DyConv2d(16, 24, 3, padding=1),
+}
+
+
+def _inference_layer(name):
+    torch.manual_seed(0)
+    layer = INFERENCE_LAYERS[name]()
+    with torch.no_grad():
+        for prm in layer.attention.parameters():
+            prm.add_(0.3 * torch.randn_like(prm))
+        for m in layer.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+    if hasattr(layer, "update_temperature"):
+        layer.update_temperature(1.7)
+    return layer.eval()
+
+
+def _assert_inference_equals_eval(layer, x):
+    expected = layer(x)  # autograd on: the unfused eval computation
+    assert expected.requires_grad
+    with torch.no_grad():
+        got = layer(x)
+    torch.testing.assert_close(got, expected.detach(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("name", list(INFERENCE_LAYERS))
+def test_inference_equals_eval_semantics(name, batch, monkeypatch):
+    layer = _inference_layer(name)
+    x = torch.randn(batch, layer.in_channels, 16, 16)
+    calls = []
+    fold = layer._single_sample_inference
+    monkeypatch.setattr(layer, "_single_sample_inference", lambda x: calls.append(1) or fold(x))
+    _assert_inference_equals_eval(layer, x)
+    assert len(calls) == (batch == 1)  # these kernels are all smaller than their 16x16 maps
+    with torch.inference_mode():  # the usual way to run inference: the same path, the same result
+        torch.testing.assert_close(layer(x), layer.train(False)(x))
+    if isinstance(layer.attention, odconv.ODAttention):
+        assert layer.attention._folded is not None  # cached between calls
+
+
+def test_a_kernel_larger_than_its_maps_keeps_the_formulations_at_batch_one(monkeypatch):
+    layer = _inference_layer("od-3x3-k1")
+    monkeypatch.setattr(layer, "_single_sample_inference", lambda x: pytest.fail("folded a large kernel"))
+    _assert_inference_equals_eval(layer, torch.randn(1, 16, 5, 5))  # 3456 kernel elements, 1000 map elements
+    layer.formulation = "grouped"  # a formulation set on the layer is always honoured
+    _assert_inference_equals_eval(layer, torch.randn(1, 16, 12, 12))
+
+
+def test_inference_cache_follows_every_change_of_the_weights():
+    layer = _inference_layer("od-3x3-k4-stride2")
+    x = torch.randn(2, 16, 12, 12)
+    _assert_inference_equals_eval(layer, x)
+    with torch.no_grad():  # an EMA-style in-place update of an eval-mode model
+        for p in layer.parameters():
+            p.mul_(0.9).add_(0.1 * torch.randn_like(p))
+    _assert_inference_equals_eval(layer, x)
+    layer.update_temperature(5.0)
+    _assert_inference_equals_eval(layer, x)
+    layer.attention.bn.running_var.mul_(3.0)
+    _assert_inference_equals_eval(layer, x)
+    other = _inference_layer("od-3x3-k4-stride2")
+    layer.load_state_dict(other.state_dict())
+    _assert_inference_equals_eval(layer, x)
+    layer.double()
+    _assert_inference_equals_eval(layer, x.double())
+
+
+def test_training_is_unaffected_by_inference_calls():
+    import copy
+    import pickle
+
+    layer = _inference_layer("od-3x3-k4-stride2")
+    x = torch.randn(4, 16, 12, 12)
+    with torch.no_grad():
+        layer(x)
+    assert copy.deepcopy(layer).attention._folded is None  # copies and pickles never carry the cache
+    assert pickle.loads(pickle.dumps(layer)).attention._folded is None
+    layer.train()
+    assert layer.attention._folded is None
+    with torch.no_grad():  # train mode without autograd still uses the batch statistics, not the cache
+        y = layer(x)
+    from odconv_reference import float64_params, reference_odconv
+
+    ref = reference_odconv(x.double(), layer, float64_params(layer), training=True)
+    assert rel_err(y, ref) < 1e-5

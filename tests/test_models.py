@@ -167,6 +167,18 @@ def test_each_family_injects_its_layer_where_odconv_goes():
     assert _meta("od_resnet18").layer1[0].conv1.kernel_num == 1
 
 
+def test_odconv_ablation_arguments_reach_every_layer():
+    kwargs = dict(kernel_num=2, reduction=0.125, min_channel=8, attentions=("channel", "filter", "kernel"),
+                  spatial_act="softmax", attention_norm="layer")
+    for name in ("od_resnet18", "od_mobilenetv2_050"):
+        layers = [m for m in _meta(name, **kwargs).modules() if isinstance(m, ODConv2d)]
+        assert layers and all(
+            (m.kernel_num, m.reduction, m.min_channel, tuple(m.attentions), m.spatial_act, m.attention_norm)
+            == (2, 0.125, 8, ("channel", "filter", "kernel"), "softmax", "layer") for m in layers)
+    model = timm.create_model("od_resnet18", num_classes=3, attention_norm="layer", dynamic_stages=[4]).train()
+    model(torch.randn(1, 3, 64, 64)).sum().backward()  # one sample trains with a batch-independent norm
+
+
 def _block_strides(model: nn.Module, size: int = 64) -> tuple[set[int], set[int]]:
     """Output strides of the blocks whose convs are all dynamic, and of those whose convs are all static."""
     blocks = list(model.features)[1:] if hasattr(model, "features") else [

@@ -221,6 +221,15 @@ def test_convert_excludes_by_pattern_and_starts_from_existing_weights():
     assert net(torch.randn(2, 3, 64, 64)).shape == (2, 1000)
 
 
+def test_convert_passes_the_ablation_switches_to_every_layer():
+    net = odconv.convert(torchvision.models.resnet18(), attentions=["spatial", "kernel"], kernel_num=2,
+                         attention_norm="layer")
+    layers = [m for m in net.modules() if isinstance(m, ODConv2d)]
+    assert len(layers) == 16
+    assert all(m.attentions == ("spatial", "kernel") and m.attention.norm is not None for m in layers)
+    assert net.train()(torch.randn(1, 3, 64, 64)).shape == (1, 1000)  # batch-independent norm: trains on one
+
+
 def test_convert_keeps_a_users_bias_and_trains():
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, bias=True))
     odconv.convert(net, kernel_num=2, init_from_weight=True)
