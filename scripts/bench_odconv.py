@@ -1,14 +1,15 @@
 """Speed and memory of ODConv formulations against the static conv and the released formulation, side by side.
 
 Every variant of one row is measured in this process, interleaved (A, B, C, A, B, C, ...), and reported as the
-median time over repeats divided by the static conv's. Two sections:
+minimum time over repeats divided by the static conv's. Two sections:
 
 - layers: every distinct ODConv layer shape of the zoo (found by hooks on the real models) at 224px, batch 16
   and 32px, batch 64; forward (eval, no grad) and forward+backward (train) of the static conv, the released
-  code (re-implemented below, unchanged in substance), and each formulation of `odconv`.
+  code (`bench_measure.ReleasedODConv2d`, unchanged in substance), and each formulation of `odconv`.
 - models: training step (forward, cross-entropy, backward) of od_resnet50 1x/4x, od_mobilenetv2_100 1x/4x
   (batch 16, 224px) and od_resnet18 1x (batch 64, 32px) over their static twins; eval at batch 1 and 16. The
-  released column runs every ODConv layer of the same model through `ReleasedODConv2d.forward`.
+  released column runs every ODConv layer of the same model through `ReleasedODConv2d.forward`; with
+  `--dispatch rules measured` one column per ODConv dispatch mode replaces "ours".
 
 Timing, memory and the released baseline are in `bench_measure.py` (shared with `gpu_check.py`).
 
