@@ -263,7 +263,7 @@ def model_macs(run: Run) -> float | None:
     try:
         import timm
 
-        from models.complexity import count_macs
+        from models.complexity import count_macs, count_params
         from train.builders import model_kwargs
         from train.config import ModelConfig
 
@@ -277,7 +277,7 @@ def model_macs(run: Run) -> float | None:
             model = timm.create_model(m.name, **model_kwargs(m, 1))
             if not classes and params:  # params = the rest + classes x (features + bias): the logged count gives it
                 head = model.get_classifier()
-                classes = 1 + round((params - sum(p.numel() for p in model.parameters())) / (head.in_features + 1))
+                classes = 1 + round((params - count_params(model)) / (head.in_features + 1))
             model.reset_classifier(int(classes or 1000))
             _MACS[key] = count_macs(model, (3, size, size))["total"] / 1e6
         return _MACS[key]

@@ -35,7 +35,7 @@ def train_step_rate(model_spec: str, *, batch_size: int, img_size: int, steps: i
                     device: torch.device, amp: str, channels_last: bool, num_classes: int = 1000) -> dict:
     import timm
 
-    import models  # noqa: F401  (registers the zoo with timm)
+    from models import count_params  # importing models registers the zoo with timm
 
     name, kwargs = parse_model(model_spec)
     model = timm.create_model(name, num_classes=num_classes, **kwargs).to(device).train()
@@ -63,7 +63,7 @@ def train_step_rate(model_spec: str, *, batch_size: int, img_size: int, steps: i
         step()
     _sync(device)
     seconds = time.perf_counter() - start
-    params = sum(p.numel() for p in model.parameters()) / 1e6
+    params = count_params(model) / 1e6
     setting = f"{name} k={kwargs.get('kernel_num', '-')} ({params:.1f}M params), {amp}"
     return _row("train step", setting, batch_size, img_size, steps, seconds)
 

@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from odconv import set_dispatch, set_temperature, temperature_schedule, tuning
+from models import count_params
 from odconv.dispatch import measures
 
 from . import checkpoint as ckpt_lib
@@ -150,7 +151,7 @@ def _train(c: TrainConfig, di: DistInfo) -> dict:
     log.write_config(OmegaConf.to_yaml(resolved))
     state.wandb_id = distributed.broadcast_object(log.start_wandb(c.logger.wandb, state.wandb_id, resolved,
                                                                   run_dir.name))
-    params = sum(p.numel() for p in model.parameters())
+    params = count_params(model)
     log.info(f"run dir {run_dir} | {c.model.name} kernel_num={c.model.kernel_num} params={params / 1e6:.2f}M | "
              f"{di.world_size} process(es) on {di.device.type} | global batch {c.data.global_batch_size}, "
              f"{loaders.steps_per_epoch} steps/epoch, lr {optimizer.param_groups[0]['lr']:.4g}")
