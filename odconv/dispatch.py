@@ -121,7 +121,9 @@ def choose(shape: LayerShape, device_type: str = "cpu", training: bool = True) -
     if taps:
         # One shared GEMM with the static conv's MACs, the attentions only weight kh*kw shifted additions.
         return "taps"
-    if small and shape.has_spatial:
+    if small:
+        # Also without a spatial attention (CondConv, DyConv, ablations): at 32px ResNet18's 1x1 maps the grouped
+        # conv of a (64, 512, 512, 3, 3) per-sample kernel took 10.9 s per step against 0.43 s for columns.
         return "columns"
     return "folded" if pixels_out >= LARGE_PIXELS else "grouped"
 
