@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Mapping
 from typing import Union
 
@@ -15,6 +16,11 @@ _CONTAINER_KEYS = ("state_dict", "model")
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint's keys or shapes do not fit the model."""
+
+
+class UnreadableCheckpointError(CheckpointMismatchError):
+    """The file is not something `torch.load(..., weights_only=True)` can read. A CheckpointMismatchError too, so
+    callers that turn checkpoint errors into one line (detection/cli.py) catch it unchanged."""
 
 
 def extract_state_dict(obj: object, path: Union[str, os.PathLike] = "<checkpoint>") -> dict[str, torch.Tensor]:
@@ -37,11 +43,23 @@ def read_state_dict(path: Union[str, os.PathLike]) -> dict[str, torch.Tensor]:
     """Read a checkpoint file safely (weights_only) and return its model state dict."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint file not found: {path}")
+    return extract_state_dict(load_weights_only(path), path)
+
+
+def load_weights_only(path: Union[str, os.PathLike]) -> object:
+    """`torch.load(path, weights_only=True)` on the CPU, with a one-line error for a file it cannot read.
+
+    torch's own message runs over several lines and suggests `weights_only=False`, which would execute whatever
+    code the file holds: our message never does."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a pickle with arbitrary objects, or a truncated file
-        raise CheckpointMismatchError(f"cannot read checkpoint {path}: {e}") from e
-    return extract_state_dict(obj, path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises KeyError, EOFError, RuntimeError, UnpicklingError ... for other bytes
+        if isinstance(e, pickle.UnpicklingError) and "Unsupported global" in str(e):
+            raise UnreadableCheckpointError(
+                f"{path} is not a readable PyTorch checkpoint: it holds Python objects besides tensors and plain "
+                "containers, which are never loaded here because loading them can run code") from None
+        raise UnreadableCheckpointError(
+            f"{path} is not a readable PyTorch checkpoint (not written by torch.save, or truncated)") from None
 
 
 def load_state_dict_checked(

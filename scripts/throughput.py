@@ -72,7 +72,8 @@ def data_rate(fmt: str, root: str | None, *, workers: int, batch_size: int, img_
               strict: bool = False, label: str | None = None) -> dict:
     from torch.utils.data import DataLoader
 
-    from train.data import build_datasets, build_transforms
+    from train.datasets import build_datasets
+    from train.transforms import build_transforms
 
     train_tf, _ = build_transforms(img_size)
     train = build_datasets(root, fmt, train_transform=train_tf, strict=strict).train

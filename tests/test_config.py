@@ -1,47 +1,135 @@
 """Config composition, the published recipes, and what a user sees for a config mistake."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import CONFIGS, compose_cfg, run_train
-from train.config import ConfigError, lr_for, validate
+import torch
+import yaml
+from omegaconf import OmegaConf
+
+from conftest import CONFIGS, REPO, compose_cfg, run_train
+from train.builders import build_model, data_defaults, model_kwargs
+from train.config import ConfigError, TrainConfig, lr_for, validate
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 MODELS = sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml"))
 
 
+def _table_row_name(arch: str, kernel_num: int) -> str:
+    return f"{arch}{'' if kernel_num == 0 else '_od' if kernel_num == 1 else f'_od{kernel_num}x'}"
+
+
 def test_one_experiment_per_published_row():
     from models.published import PAPER_ROWS
 
-    rows = {f"{arch}{'' if k == 0 else '_od' if k == 1 else f'_od{k}x'}" for arch, k in PAPER_ROWS}
-    assert set(EXPERIMENTS) == rows
+    rows = {_table_row_name(arch, k) for arch, k in PAPER_ROWS}
+    assert rows <= set(EXPERIMENTS)
+    others = set(EXPERIMENTS) - rows  # the ablations and the other dynamic convolutions, each named for its row
+    assert all(n.startswith(("ablation_resnet18_", "condconv_", "dyconv_")) for n in others), sorted(others)
+    assert {n for n in others if not n.startswith("ablation_")} == {
+        f"{kind}_{arch}" for kind in ("condconv", "dyconv") for arch in ("resnet18", "resnet50", "mobilenetv2_100")}
+
+
+def _experiment_file(name: str) -> tuple[str, str, dict]:
+    """The comment, the model option and the model keys an experiment file sets."""
+    text = (CONFIGS / "experiment" / f"{name}.yaml").read_text()
+    return text, yaml.safe_load(text)["defaults"][0]["override /model"], yaml.safe_load(text).get("model", {})
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_composes_with_released_recipe(name):
+    """Every experiment file: its recipe composes with the paper's settings, its comment names its row, and it
+    changes exactly the model keys it lists on top of its model option."""
     from models.published import paper_row
 
     c = validate(compose_cfg([f"experiment={name}"]))
+    text, model_option, model_keys = _experiment_file(name)
     assert c.run_name == name  # runs/<experiment>/<timestamp>
-    assert paper_row(c.model.name, c.model.kernel_num) is not None, f"{name} is not a row of the paper's table"
-    assert (c.data.format, c.data.img_size, c.data.crop_pct, c.data.global_batch_size) == ("folder", 224, 0.875, 256)
+    assert text.splitlines()[1].startswith(("# Paper ImageNet table row: ", "# Paper comparison row: ", "# Ablation, "))
+    if text.splitlines()[1].startswith("# Paper ImageNet"):
+        assert paper_row(c.model.name, c.model.kernel_num) is not None, f"{name} is not a row of the paper's table"
+    assert (c.data.format, c.data.img_size, c.data.global_batch_size) == ("folder", 224, 256)
+    assert data_defaults(c)["crop_pct"] == 0.875  # the model's pretrained_cfg: resize 256, crop 224
     assert (c.optim.name, c.optim.momentum, c.data.label_smoothing, c.sched.warmup_epochs) == ("sgd", 0.9, 0.0, 0)
-    assert c.model.dropout == (0.2 if name.endswith("4x") else 0.1)
-    if c.model.kernel_num:
+    assert c.model.dropout == (0.2 if "override /recipe: resnet_4x" in text or "mobilenetv2_4x" in text else 0.1)
+    if c.model.name.startswith(("od_", "dyconv_")) and "temperature_epochs" not in model_keys:
         assert (c.model.temperature_init, c.model.temperature_epochs) == (30.0, 10.0)
-    if name.startswith("resnet"):
+    if "resnet" in c.model.name:
         assert (c.trainer.epochs, lr_for(c), c.optim.weight_decay) == (100, 0.1, 1e-4)
         assert (c.sched.name, list(c.sched.milestones), c.sched.decay_rate) == ("multistep", [30, 60, 90], 0.1)
     else:
         assert (c.trainer.epochs, lr_for(c), c.optim.weight_decay) == (150, 0.05, 4e-5)
         assert (c.sched.name, c.sched.per_iteration) == ("cosine", True)
+    if name.startswith(("ablation_", "condconv_", "dyconv_")):  # the model these keys describe can be built
+        with torch.device("meta"):
+            build_model(c, num_classes=10)
+    plain = validate(compose_cfg([f"model={model_option}"])).model
+    changed = {k for k in vars(plain) if k != "dropout" and getattr(plain, k) != getattr(c.model, k)}
+    assert changed == set(model_keys), f"{name} changes {sorted(changed)}"
+
+
+BEFORE_RECIPES = yaml.safe_load((REPO / "tests" / "fixtures" / "composed_experiments.yaml").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(BEFORE_RECIPES))
+def test_experiments_compose_to_the_configs_they_had_before_the_recipe_group(name):
+    """Issue 13: the experiment files name a model and a recipe; the run they describe must not change. Two kinds of
+    key moved on purpose and are compared by the value the run uses: mean/std/crop_pct now come from the model's
+    pretrained_cfg (null in the config), and static models no longer carry ODConv's reduction (never passed)."""
+    before = BEFORE_RECIPES[name]
+    composed = compose_cfg([f"experiment={name}"])
+    after = OmegaConf.to_container(composed)
+    c = validate(composed)
+    in_effect = data_defaults(c)
+    for key in ("mean", "std", "crop_pct"):
+        assert after["data"][key] is None, f"data.{key} must come from the model"
+        after["data"][key] = list(in_effect[key]) if key != "crop_pct" else in_effect[key]
+    if c.model.name.startswith("static_"):
+        assert after["model"]["reduction"] is None
+        after["model"]["reduction"] = before["model"]["reduction"]
+    defaults = OmegaConf.to_container(OmegaConf.structured(TrainConfig))
+    for group, keys in after.items():  # keys added since (new ablation switches): unset, at the schema's default
+        for key in set(keys) - set(before[group]) if isinstance(keys, dict) else ():
+            assert keys.pop(key) == defaults[group][key], f"{group}.{key}"
+    assert after == before
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_model_options_validate(name):
     validate(compose_cfg([f"model={name}"]))
+
+
+def test_only_the_model_keys_a_config_sets_reach_the_builder():
+    c = validate(compose_cfg(["model=resnet18_od"]))
+    assert model_kwargs(c.model, 10) == dict(num_classes=10, kernel_num=1, reduction=0.0625)
+    c = validate(compose_cfg(["model=resnet18_od4x", "model.attentions=[kernel,spatial]", "model.dynamic_stages=[4]",
+                              "model.spatial_act=softmax", "model.dropout=0.3"]))
+    assert model_kwargs(c.model, 10) == dict(num_classes=10, kernel_num=4, reduction=0.0625, attentions=("kernel", "spatial"),
+                                             dynamic_stages=(4,), spatial_act="softmax", drop_rate=0.3)
+    assert model_kwargs(validate(compose_cfg(["model=resnet18"])).model, 10) == dict(num_classes=10)
+
+
+@pytest.mark.parametrize("option", ["mobilenetv2_100_od", "resnet18_od", "resnet18"])
+def test_dropout_and_input_statistics_have_one_source(option):
+    """Issue 13: unset in the model config, the dropout is the builder's; unset in the data config, mean/std/crop_pct
+    are the model's pretrained_cfg. The demo data keeps its own crop_pct (its images are 32x32 already)."""
+    import timm
+    from timm.data import resolve_model_data_config
+
+    c = validate(compose_cfg([f"model={option}", "data=imagenet"]))
+    assert c.model.dropout is None and c.data.mean is c.data.std is c.data.crop_pct is None
+    built, reference = build_model(c, 10), timm.create_model(c.model.name, num_classes=10)
+    dropout = [m.p for m in built.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropout == [m.p for m in reference.modules() if isinstance(m, torch.nn.Dropout)] and len(dropout) == 1
+    expected = resolve_model_data_config(reference)
+    assert data_defaults(c) == dict(mean=expected["mean"], std=expected["std"], crop_pct=expected["crop_pct"])
+    demo = validate(compose_cfg([f"model={option}"]))
+    assert data_defaults(demo)["crop_pct"] == 1.0 and data_defaults(demo)["mean"] == expected["mean"]
 
 
 def test_lr_scales_linearly_with_global_batch():
@@ -53,10 +141,19 @@ def test_lr_scales_linearly_with_global_batch():
     (["optim.lr=-0.1"], "optim.lr must be > 0, got -0.1"),
     (["trainer.epochs=0"], "trainer.epochs must be > 0, got 0"),
     (["model.name=od_resnet19"], "model.name 'od_resnet19' is not a registered model"),
-    (["model=resnet50", "model.kernel_num=4"], "model.kernel_num must be 0 for the static model static_resnet50"),
+    (["model=resnet50", "model.kernel_num=4"], "model.kernel_num does not apply to static_resnet50 (it takes none"),
     (["trainer.amp=fp8"], "trainer.amp must be one of ['bf16', 'fp16', 'none'], got 'fp8'"),
     (["data.global_batch_size=100", "trainer.accum_steps=3"], "data.global_batch_size=100 must be divisible"),
     (["mode=eval"], "mode=eval needs checkpoint=PATH"),
+    (["model.attentions=[spatial,kernal]"], "model.attentions must be distinct names among ['spatial', 'channel', "),
+    (["model=resnet18_od4x", "model.attentions=[spatial]"], "model.attentions without 'kernel' needs kernel_num 1"),
+    (["model.spatial_act=tanh"], "model.spatial_act must be one of ['sigmoid', 'softmax'], got 'tanh'"),
+    (["model.attention_norm=group"], "model.attention_norm must be one of ['batch', 'layer', 'none'], got 'group'"),
+    (["model.dynamic_stages=[0,4]"], "model.dynamic_stages must be distinct stage numbers among [1, 2, 3, 4]"),
+    (["model.num_experts=8"], "model.num_experts does not apply to od_resnet18 (it takes kernel_num, reduction,"),
+    (["model.min_channel=0"], "model.min_channel must be > 0, got 0"),
+    (["model.temperature_init=0.5"], "model.temperature_init must be >= 1 (1 = no temperature), got 0.5"),
+    (["data.std=[0.2,0.2]"], "data.std must be 3 numbers > 0 (or null: the model's), got [0.2, 0.2]"),
 ])
 def test_impossible_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match="^" + __import__("re").escape(message)):
@@ -65,18 +162,39 @@ def test_impossible_values_name_the_key(override, message):
 
 @pytest.mark.parametrize("args, message", [
     (["trainer.epcohs=3"], "Key 'epcohs' not in 'TrainerConfig'"),  # a typo: the schema is closed
+    (["model=resnet51_od"], "Could not find 'model/resnet51_od'"),  # an unknown option
+    (["trainer.epochs=["], "no viable alternative at input '['"),  # override syntax
     (["trainer.epochs=ten"], "Value 'ten' of type 'str' could not be converted to Integer"),
+    (["-m", "model=resnet18,resnet51_od"], "Could not find 'model/resnet51_od'"),  # in a sweep
     (["optim.lr=-1"], "error: optim.lr must be > 0, got -1.0"),
+    (["model=resnet18", "model.attentions=[kernel]"], "error: model.attentions does not apply to static_resnet18"),
     (["data=imagenet", "data.root=/nonexistent/imagenet"], "error: Dataset root /nonexistent/imagenet does not exist"),
 ])
-def test_config_mistakes_stop_with_one_message_and_no_traceback(args, message, tmp_path):
-    proc = run_train(args + [f"paths.runs_root={tmp_path}"], timeout=300)
-    assert proc.returncode != 0
+@pytest.mark.slow  # one `python train.py` each (~10 s of imports on a loaded 2-core machine)
+def test_config_mistakes_exit_2_with_one_message_and_no_traceback(args, message, tmp_path):
+    proc = run_train(args + [f"paths.runs_root={tmp_path}", f"hydra.sweep.dir={tmp_path}/sweep"], timeout=300)
+    assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     if message.startswith("error:"):  # our own checks: exactly one line
         assert proc.stderr.strip().count("\n") == 0, proc.stderr
     assert not list(Path(tmp_path).rglob("*.pt")), "no work must be done before the config is checked"
+
+
+@pytest.mark.parametrize("error", ["RuntimeError('a bug in the loop')",
+                                   "omegaconf.errors.ConfigKeyError('a bug that looks like a config error')"])
+@pytest.mark.slow
+def test_a_crash_exits_1_with_its_traceback(error, tmp_path):
+    """Hydra exits with 1 for its config errors and for crashes alike; only the former become 2."""
+    code = (f"import omegaconf, runpy, sys, train.loop\n"
+            f"def crash(cfg):\n    raise {error}\n"
+            f"train.loop.run = crash\n"
+            f"sys.argv = ['train.py', 'paths.runs_root={tmp_path}']\n"
+            f"runpy.run_path({str(REPO / 'train.py')!r}, run_name='__main__')\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" in proc.stderr and "a bug" in proc.stderr
 
 
 def test_slurm_launcher_config_requeues_and_signals_before_the_limit():

@@ -1,5 +1,9 @@
-"""Data pipeline: demo digits, ImageNet folder errors, corrupt images, transforms, mixup, WebDataset shards."""
+"""Data pipeline: demo digits, ImageNet folder errors, corrupt images (each counted once), transforms, mixup,
+WebDataset shards."""
+import json
+import logging
 import shutil
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -8,11 +12,18 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
+from conftest import TINY, compose_cfg
 from train import demo_data
-from train.data import (DatasetRootError, ImageFolderDataset, build_criterion, build_datasets, build_mixup,
-                        build_transforms, collate_skip_none, skipped_images)
+from train.datasets import DatasetRootError, build_datasets, collate_skip_none
+from train.folder_data import ImageFolderDataset
 from train.image_io import CorruptImageError
-from train.wds_data import write_wds_shards
+from train.loss import build_criterion
+from train.mixup import build_mixup
+from train.skipped import SKIPPED_FILE, SkipReport, unreadable_files
+from train.transforms import build_transforms
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from make_wds_shards import write_wds_shards  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -98,19 +109,22 @@ def test_folder_dataset_order_classes_and_demo_format(small_folder, demo_root):
     assert x.shape == (3, 32, 32) and demo.num_classes == 10 and y == int(demo.train.targets[100])
 
 
-def test_corrupt_images_are_skipped_and_counted_through_workers(small_folder):
+def test_corrupt_images_are_skipped_and_each_file_listed_once_through_workers(small_folder):
     tf_train, tf_eval = build_transforms(32)
     train, val, _ = build_datasets(small_folder, "folder", train_transform=tf_train, eval_transform=tf_eval)
-    sizes = [len(y) for _, y in DataLoader(train, batch_size=7, num_workers=2)]
-    assert sizes == [7, 7]  # substitution keeps training batches whole
-    assert skipped_images(train) == 2  # counted in the workers, read in the main process
+    for _epoch in range(3):  # new worker processes each epoch, each meeting the same two files again
+        sizes = [len(y) for _, y in DataLoader(train, batch_size=7, num_workers=2)]
+        assert sizes == [7, 7]  # substitution keeps training batches whole
+    bad_train = {str(small_folder / "train/1/zz_corrupt.png"), str(small_folder / "train/2/zz_truncated.png")}
+    found = unreadable_files(train)  # recorded in the workers, read in the main process
+    assert set(found) == bad_train and "UnidentifiedImageError" in found[str(small_folder / "train/1/zz_corrupt.png")]
     corrupt = [i for i in range(len(train)) if train.path(i).name.startswith("zz_")]
     substitute = train[corrupt[0]][1]
     assert substitute == int(train.targets[(corrupt[0] + 1) % len(train)])  # deterministic: the next index
     seen = [y for batch in DataLoader(val, batch_size=5, num_workers=2, collate_fn=collate_skip_none)
             for y in batch[1].tolist()]
     assert len(seen) == 12 and Counter(seen) == Counter({0: 4, 1: 4, 2: 4})  # each readable image exactly once
-    assert skipped_images(val) == 1
+    assert list(unreadable_files(val)) == [str(small_folder / "val" / "0" / "zz_corrupt.JPEG")]
     assert collate_skip_none([None, None]) is None
 
 
@@ -162,9 +176,14 @@ def test_webdataset_shards_split_count_and_epoch_order(small_folder, tmp_path):
     train, val, num_classes = build_datasets(shards, "wds", train_transform=tf_train, eval_transform=tf_eval, seed=3)
     assert num_classes == 3 and len(train) == 14 and len(val) == 13
     labels = [y for _, y in DataLoader(train, batch_size=4, num_workers=2) for y in y.tolist()]
-    assert len(labels) == 14 and skipped_images(train) >= 1  # 2 workers x 7 samples; corrupt ones skipped
+    assert len(labels) == 14  # 2 workers x 7 samples; corrupt ones skipped
+    # The two broken training images are samples 8 and 13 of the folder's order (zz_ sorts last in classes 1 and 2),
+    # in shards of 4; each is named once however often the cycling workers met it.
+    assert set(unreadable_files(train)) == {f"{shards}/train-000002.tar:00000008",
+                                            f"{shards}/train-000003.tar:00000013"}
     val_labels = [y for _, y in DataLoader(val, batch_size=4, num_workers=2) for y in y.tolist()]
     assert Counter(val_labels) == Counter({0: 4, 1: 4, 2: 4})  # each readable image once, the corrupt one skipped
+    assert list(unreadable_files(val)) == [f"{shards}/val-000001.tar:00000004"]
 
     def order(ds, epoch):
         ds.set_epoch(epoch)
@@ -184,3 +203,61 @@ def test_webdataset_shards_split_count_and_epoch_order(small_folder, tmp_path):
     assert (len(counted.train), len(counted.val), counted.num_classes) == (14, 13, 3)
     with pytest.raises(FileNotFoundError, match=r"No shards for split 'test'.*data\.root"):
         build_datasets(shards, "wds", val_split="test")
+
+
+def test_skip_report_counts_files_once_and_a_resumed_run_continues_its_list(small_folder, tmp_path, caplog):
+    tf_train, tf_eval = build_transforms(32)
+    train, val, _ = build_datasets(small_folder, "folder", train_transform=tf_train, eval_transform=tf_eval)
+    report = SkipReport([train, val], torch.device("cpu"), is_main=True, run_dir=tmp_path)
+    assert report.update() == 0 and not (tmp_path / SKIPPED_FILE).exists()
+    for _epoch in range(2):
+        list(DataLoader(train, batch_size=7, num_workers=2))
+        assert report.update() == 2
+    list(DataLoader(val, batch_size=5, num_workers=2, collate_fn=collate_skip_none))
+    assert report.update() == 3
+    listed = (tmp_path / SKIPPED_FILE).read_text().splitlines()
+    assert listed == sorted(str(p) for p in small_folder.rglob("zz_*"))
+    warnings = [r.getMessage() for r in caplog.records if r.name == "train.skipped"]
+    assert len(warnings) == 3 and all(w.startswith("Skipped unreadable image") for w in warnings)
+    # A resumed run (new datasets, new workers) reads the list back: the same files are neither counted nor warned
+    # about again.
+    caplog.clear()
+    train2, _, _ = build_datasets(small_folder, "folder", train_transform=tf_train)
+    resumed = SkipReport([train2], torch.device("cpu"), is_main=True, run_dir=tmp_path)
+    list(DataLoader(train2, batch_size=7, num_workers=2))
+    assert resumed.update() == 3 and not caplog.records
+
+
+@pytest.fixture
+def broken_folder(demo_root, tmp_path):
+    """3 classes of digits (12 train and 4 val images each) plus 3 unreadable files: two adjacent ones in train (the
+    first one's substitute is the second, itself broken) and one in val."""
+    root = tmp_path / "broken"
+    for split, n in (("train", 12), ("val", 4)):
+        for cls in ("0", "1", "2"):
+            (root / split / cls).mkdir(parents=True)
+            for src in sorted((demo_root / split / cls).glob("*.png"))[:n]:
+                shutil.copy(src, root / split / cls / src.name)
+    (root / "train" / "1" / "zz_a.png").write_bytes(b"not an image")
+    (root / "train" / "1" / "zz_b.png").write_bytes(b"")
+    (root / "val" / "0" / "zz_c.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    return root
+
+
+@pytest.mark.slow
+def test_run_counts_and_lists_each_unreadable_file_once(broken_folder, tmp_path, caplog):
+    """3 epochs, 2 loader workers: the 3 broken files are met 12 times or more, and reported 3 times."""
+    from train.loop import run
+
+    run_dir = tmp_path / "run"
+    summary = run(compose_cfg(TINY + [
+        "data.format=folder", f"data.root={broken_folder}", "data.global_batch_size=19", "data.workers=2",
+        "trainer.epochs=3", f"paths.run_dir={run_dir}"]))
+    assert summary["status"] == "completed" and summary["step"] == 6  # 38 training files, 2 batches of 19 per epoch
+    assert summary["skipped_images"] == 3
+    assert (run_dir / SKIPPED_FILE).read_text().splitlines() == sorted(str(p) for p in broken_folder.rglob("zz_*"))
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped_images"] for r in records if r["kind"] == "train"][-2:] == [3, 3]
+    assert {r["images"] for r in records if r["kind"] == "val"} == {12}
+    warned = [r.getMessage() for r in caplog.records if r.name == "train.skipped" and r.levelno == logging.WARNING]
+    assert len(warned) == 3, warned

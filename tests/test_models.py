@@ -315,5 +315,5 @@ def test_checkpoint_bad_files_get_one_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint file not found: .*nope.pt"):
         load_checkpoint(models.static_resnet18(), tmp_path / "nope.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointMismatchError, match="cannot read checkpoint"):
+    with pytest.raises(CheckpointMismatchError, match=r"junk.pt is not a readable PyTorch checkpoint \(not written"):
         load_checkpoint(models.static_resnet18(), tmp_path / "junk.pt")

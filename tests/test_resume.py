@@ -1,5 +1,6 @@
 """Checkpoints: a run stopped mid-epoch and resumed equals a run never stopped, bit for bit (CPU); SIGTERM saves and
-exits cleanly; a NaN loss stops without overwriting the last good checkpoint; mode=eval reproduces the metrics."""
+exits cleanly; a NaN loss stops without overwriting the last good checkpoint; mode=eval reproduces the metrics; a write
+interrupted midway leaves the previous checkpoint."""
 from __future__ import annotations
 
 import json
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from conftest import REPO, TINY, compose_cfg, run_train
+from train.checkpoint import save_atomic
 from train.loop import NonFiniteLossError, run
 
 # ODConv ResNet18 with EMA and dropout: resume has to restore weights, optimizer, EMA, every RNG and the data position.
@@ -118,3 +120,21 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(cache_dir, tmp_path):
     assert all(torch.isfinite(t).all() for t in ck["model"].values() if t.is_floating_point())
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed" and ck["step"] == summary["step"]
+
+
+class Interrupt:
+    """Pickling it raises, as a second signal arriving in the middle of torch.save would."""
+
+    def __reduce__(self):
+        raise KeyboardInterrupt
+
+
+def test_a_checkpoint_write_interrupted_midway_leaves_the_previous_file(tmp_path):
+    path = tmp_path / "checkpoints" / "last.pt"
+    save_atomic({"step": 1, "w": torch.ones(1000)}, path)
+    with pytest.raises(KeyboardInterrupt):
+        save_atomic({"step": 2, "w": torch.zeros(1000), "later": Interrupt()}, path)
+    assert load_last(tmp_path)["step"] == 1 and torch.equal(load_last(tmp_path)["w"], torch.ones(1000))
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temporary file left behind
+    save_atomic({"step": 3}, path)
+    assert load_last(tmp_path) == {"step": 3}

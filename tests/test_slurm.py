@@ -1,6 +1,7 @@
-"""The Slurm path (hydra-submitit-launcher) through submitit's local executor: two tasks of one job form the process
-group from the job environment and share the job directory as their run directory (a requeued job re-runs in
-that directory and auto-resumes from its checkpoint, as tests/test_resume.py checks for any run directory)."""
+"""Sweeps and the Slurm path. hydra-submitit-launcher through submitit's local executor: two tasks of one job form the
+process group from the job environment and share the job directory as their run directory (a requeued job re-runs in
+that directory and auto-resumes from its checkpoint, as tests/test_resume.py checks for any run directory). A sweep
+over experiments and seeds: one job per combination, each in its own directory, locally one after another."""
 from __future__ import annotations
 
 import json
@@ -25,3 +26,58 @@ def test_submitit_launcher_runs_a_two_task_job(cache_dir, tmp_path):
     logs = "".join(p.read_text() for p in tmp_path.rglob(".submitit/*/*_0_log.out"))
     assert "2 process(es) on cpu" in logs
     assert (job_dir / "checkpoints" / "last.pt").is_file()
+
+
+def test_a_sweep_of_experiments_and_seeds_composes_for_the_slurm_array():
+    """`python train.py -m hydra/launcher=slurm experiment=resnet18,resnet18_od4x trainer.seed=0,1,2`: Hydra's sweeper
+    makes one job per combination, submitit submits them as one Slurm array, and each job composes and validates with
+    its own directory under the sweep's (the job number), where a requeued job finds its checkpoint again."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import open_dict
+
+    from conftest import CONFIGS
+    from train.config import register, validate
+
+    sweep = OverridesParser.create().parse_overrides(["experiment=resnet18,resnet18_od4x", "trainer.seed=0,1,2"])
+    [jobs] = BasicSweeper.split_arguments(sweep, max_batch_size=None)
+    assert len(jobs) == 6
+    register()
+    dirs, seen = set(), set()
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        for num, job in enumerate(jobs):
+            cfg = compose("train", overrides=["hydra/launcher=slurm", "paths.runs_root=/shared/runs", *job],
+                          return_hydra_config=True)
+            with open_dict(cfg):
+                cfg.hydra.job.num = num  # set by the launcher in each array task
+            job_dir = f"{cfg.hydra.sweep.dir}/{cfg.hydra.sweep.subdir}"
+            with open_dict(cfg):
+                hydra_cfg = cfg.pop("hydra")
+            launcher = hydra_cfg.launcher
+            assert launcher._target_.endswith("SlurmLauncher") and launcher.array_parallelism > 0
+            assert (launcher.tasks_per_node, launcher.max_num_timeout > 0) == (launcher.gpus_per_node, True)
+            assert job_dir.startswith("/shared/runs/multirun/") and job_dir.endswith(f"/{num}")
+            dirs.add(job_dir)
+            c = validate(cfg)
+            seen.add((c.run_name, c.trainer.seed))
+    assert seen == {(e, s) for e in ("resnet18", "resnet18_od4x") for s in (0, 1, 2)}
+    assert len(dirs) == 6  # one run directory per job
+
+
+@pytest.mark.slow
+def test_local_multirun_runs_the_jobs_one_after_another_each_in_its_own_directory(cache_dir, tmp_path):
+    args = ["-m", "trainer.seed=0,1", *TINY, "trainer.epochs=1", "trainer.limit_train_batches=2",
+            "trainer.limit_val_batches=1", f"paths.cache_dir={cache_dir}", f"paths.runs_root={tmp_path}"]
+    proc = run_train(args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [sweep] = tmp_path.glob("multirun/*")
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]  # and Hydra's multirun.yaml
+    for seed in (0, 1):
+        job = sweep / str(seed)
+        assert json.loads((job / "summary.json").read_text())["status"] == "completed"
+        assert f"seed: {seed}" in (job / "config.yaml").read_text() and (job / "checkpoints" / "last.pt").is_file()
+    first_of_second = json.loads((sweep / "1" / "metrics.jsonl").read_text().splitlines()[0])
+    assert (sweep / "0" / "summary.json").stat().st_mtime <= (sweep / "1" / "metrics.jsonl").stat().st_mtime
+    assert first_of_second["kind"] == "train"
+    assert proc.stdout.count("run dir ") + proc.stderr.count("run dir ") == 2  # two jobs in one process

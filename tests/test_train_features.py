@@ -1,5 +1,6 @@
 """Loop options a cluster run relies on, checked on small real runs: gradient accumulation, mixed precision,
-channels_last, EMA evaluation, gradient clipping, and weight decay left off norm and bias parameters."""
+channels_last, EMA evaluation, gradient clipping, weight decay left off norm and bias parameters; and files given as
+checkpoints that are none, refused in one line before a run directory exists."""
 from __future__ import annotations
 
 import json
@@ -8,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, compose_cfg
-from train.config import validate
+from conftest import TINY, compose_cfg, run_train
+from train.config import ConfigError, validate
 from train.loop import run
 from train.optim import build_optimizer
 
@@ -20,6 +21,7 @@ def weights(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_the_full_batch(cache_dir, tmp_path):
     # Frozen BatchNorm and no dropout: then 2 micro-batches of 8 must give the gradient of one batch of 16.
     common = SHORT + [f"paths.cache_dir={cache_dir}", "trainer.freeze_bn=true", "model.dropout=0"]
@@ -31,8 +33,9 @@ def test_gradient_accumulation_equals_the_full_batch(cache_dir, tmp_path):
         torch.testing.assert_close(accum["model"][k], v, rtol=1e-4, atol=1e-6, msg=f"{k} differs")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
-def test_mixed_precision_channels_last_ema_and_clipping_train(amp, cache_dir, tmp_path):
+def test_mixed_precision_channels_last_ema_and_clipping_train_together_and_save_their_state(amp, cache_dir, tmp_path):
     summary = run(compose_cfg(SHORT + [
         f"paths.cache_dir={cache_dir}", f"paths.run_dir={tmp_path}", f"trainer.amp={amp}", "trainer.channels_last=true",
         "trainer.ema=true", "optim.clip_grad_norm=1.0", "optim.wd_exclude_norm_bias=true"]))
@@ -40,7 +43,8 @@ def test_mixed_precision_channels_last_ema_and_clipping_train(amp, cache_dir, tm
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r.get("ema", False) for r in records if r["kind"] == "val"] == [False, True]
     ck = weights(tmp_path)
-    assert ck["ema"] is not None
+    assert ck["ema"] is not None and ck["config"]["optim"]["clip_grad_norm"] == 1.0
+    assert ck["model"]["conv1.weight"].is_contiguous(memory_format=torch.channels_last)  # the layout trained in
     assert ck["scaler"] if amp == "fp16" else not ck["scaler"]  # fp16's GradScaler state is saved for resume
 
 
@@ -50,7 +54,54 @@ def test_weight_decay_can_exclude_norm_and_bias():
 
     c = validate(compose_cfg(["optim.wd_exclude_norm_bias=true"]))
     model = timm.create_model("od_resnet18", num_classes=10, kernel_num=1)
-    decay, no_decay = build_optimizer(model, c).param_groups
-    assert decay["weight_decay"] == c.optim.weight_decay and no_decay["weight_decay"] == 0.0
-    assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim <= 1 for p in no_decay["params"])
-    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    groups = build_optimizer(model, c).param_groups
+    assert c.optim.weight_decay > 0 and sorted(g["weight_decay"] for g in groups) == [0.0, c.optim.weight_decay]
+    decay, no_decay = (next(g["params"] for g in groups if g["weight_decay"] == wd) for wd in (c.optim.weight_decay, 0))
+    assert all(p.ndim > 1 for p in decay) and all(p.ndim <= 1 for p in no_decay)
+    assert len(decay) + len(no_decay) == len(list(model.parameters()))
+    bn = model.bn1  # the stem's BatchNorm: both its scale and shift are left without decay
+    assert any(p is bn.weight for p in no_decay) and any(p is bn.bias for p in no_decay)
+    default = build_optimizer(model, validate(compose_cfg([]))).param_groups  # the paper recipe decays everything
+    assert len(default) == 1 and len(default[0]["params"]) == len(list(model.parameters()))
+
+
+class NotTensors:
+    """Pickled by torch.save inside a checkpoint: a weights-only load must refuse it."""
+
+
+@pytest.fixture
+def not_checkpoints(tmp_path) -> dict:
+    garbage, pickled = tmp_path / "garbage.pt", tmp_path / "pickled.pt"
+    garbage.write_text("these bytes are not a checkpoint\n")
+    torch.save({"model": NotTensors()}, pickled)
+    return dict(garbage=garbage, pickled=pickled, missing=tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("key", ["checkpoint", "model.init_checkpoint"])
+def test_a_file_that_is_not_a_checkpoint_is_one_line_naming_key_and_path(key, not_checkpoints, tiny, tmp_path):
+    mode = ["mode=eval"] if key == "checkpoint" else []
+    expected = {
+        "garbage": "is not a readable PyTorch checkpoint (not written by torch.save, or truncated)",
+        "pickled": "is not a readable PyTorch checkpoint: it holds Python objects besides tensors and plain containers",
+        "missing": "not found" if key == "model.init_checkpoint" else "does not exist",
+    }
+    for name, path in not_checkpoints.items():
+        with pytest.raises(ConfigError) as info:
+            run(compose_cfg(tiny + mode + [f"{key}={path}"]))
+        message = str(info.value)
+        assert message.startswith(key) and str(path) in message and expected[name] in message, message
+        assert "\n" not in message and "weights_only" not in message  # never the advice to load unsafely
+    assert not (tmp_path / "runs").exists()  # checked before the run directory is made
+
+
+@pytest.mark.slow
+def test_cli_exits_2_with_one_line_and_no_run_directory_for_a_bad_init_checkpoint(not_checkpoints, cache_dir,
+                                                                                  tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = run_train(TINY + [f"paths.cache_dir={cache_dir}", f"model.init_checkpoint={not_checkpoints['garbage']}"],
+                     cwd=work)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip() == (f"error: model.init_checkpoint: {not_checkpoints['garbage']} is not a readable "
+                                   "PyTorch checkpoint (not written by torch.save, or truncated)")
+    assert list(work.iterdir()) == []  # neither runs/ nor Hydra's outputs/

@@ -12,26 +12,56 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
-from . import data as data_lib
 from . import distributed
-from .config import ConfigError, TrainConfig
+from .config import MODEL_KWARGS, ConfigError, ModelConfig, TrainConfig, model_family
+from .datasets import DatasetRootError, build_datasets, collate_skip_none
 from .distributed import DistInfo, EvalShardSampler, ResumableSampler, SeededDataset
+from .transforms import build_transforms
+
+
+def model_kwargs(m: ModelConfig, num_classes: int) -> dict:
+    """The keyword arguments of `timm.create_model`: only the keys the config sets, so the builder's own defaults
+    (dropout, reduction, ...) hold for the rest; `validate` has checked that the model's family takes them."""
+    kwargs = dict(num_classes=num_classes)
+    for key in MODEL_KWARGS.get(model_family(m.name), ()):
+        value = getattr(m, key)
+        if value is not None:
+            kwargs[key] = tuple(value) if isinstance(value, list) else value
+    if m.dropout is not None:
+        kwargs["drop_rate"] = m.dropout
+    return kwargs
 
 
 def build_model(c: TrainConfig, num_classes: int) -> nn.Module:
     import models
 
     m = c.model
-    kwargs = dict(num_classes=num_classes, drop_rate=m.dropout)
-    if m.name.startswith("od_"):
-        kwargs.update(kernel_num=m.kernel_num, reduction=m.reduction)
-    model = timm.create_model(m.name, **kwargs)
+    try:
+        model = timm.create_model(m.name, **model_kwargs(m, num_classes))
+    except (TypeError, ValueError) as e:  # a combination of keys the builder refuses; validate checks one key at a time
+        raise ConfigError(f"model: {m.name} cannot be built from this config: {e}") from None
     if m.init_checkpoint:
         try:
             models.load_checkpoint(model, m.init_checkpoint)
         except (FileNotFoundError, ValueError) as e:
             raise ConfigError(f"model.init_checkpoint: {e}") from None
     return model
+
+
+def data_defaults(c: TrainConfig) -> dict:
+    """mean, std and crop_pct of the run: the data config's where it sets them, else the model's pretrained_cfg
+    (timm's data-config resolution, ImageNet's values for a model without one)."""
+    from timm.data import resolve_data_config
+    from timm.models import get_pretrained_cfg
+
+    import models  # noqa: F401  registers the zoo's pretrained_cfgs
+
+    pretrained = get_pretrained_cfg(c.model.name)
+    model_cfg = resolve_data_config(pretrained_cfg=pretrained.to_dict() if pretrained else {}, use_test_size=True)
+    d = c.data
+    return dict(mean=tuple(d.mean if d.mean is not None else model_cfg["mean"]),
+                std=tuple(d.std if d.std is not None else model_cfg["std"]),
+                crop_pct=d.crop_pct if d.crop_pct is not None else model_cfg["crop_pct"])
 
 
 @dataclass
@@ -46,9 +76,9 @@ class Loaders:
 
 def build_loaders(c: TrainConfig, di: DistInfo) -> Loaders:
     d = c.data
-    tf_train, tf_eval = data_lib.build_transforms(
-        d.img_size, crop_pct=d.crop_pct, mean=tuple(d.mean), std=tuple(d.std), interpolation=d.interpolation,
-        scale=tuple(d.scale), hflip=d.hflip, auto_augment=d.auto_augment, re_prob=d.reprob)
+    tf_train, tf_eval = build_transforms(
+        d.img_size, **data_defaults(c), interpolation=d.interpolation, scale=tuple(d.scale), hflip=d.hflip,
+        auto_augment=d.auto_augment, re_prob=d.reprob)
     if d.format == "demo":
         root = d.root or (str(Path(c.paths.cache_dir).expanduser() / "digits") if c.paths.cache_dir else None)
     else:
@@ -57,11 +87,11 @@ def build_loaders(c: TrainConfig, di: DistInfo) -> Loaders:
     if rank0_first and not di.is_main:
         distributed.barrier()
     try:
-        ds = data_lib.build_datasets(
+        ds = build_datasets(
             root, d.format, train_split=d.train_split, val_split=d.val_split, train_transform=tf_train,
             eval_transform=tf_eval, strict=d.strict, num_classes=d.num_classes, seed=c.trainer.seed,
             shuffle_buffer=d.shuffle_buffer)
-    except data_lib.DatasetRootError as e:
+    except DatasetRootError as e:
         raise ConfigError(str(e)) from None
     finally:
         if rank0_first and di.is_main:
@@ -94,7 +124,7 @@ def build_loaders(c: TrainConfig, di: DistInfo) -> Loaders:
     val_sampler = None if isinstance(ds.val, IterableDataset) else EvalShardSampler(len(ds.val), di.rank,
                                                                                     di.world_size)
     val = DataLoader(ds.val, batch_size=d.eval_batch_size, sampler=val_sampler,
-                     collate_fn=data_lib.collate_skip_none, **common)
+                     collate_fn=collate_skip_none, **common)
     return Loaders(train, val, train_sampler, steps, ds.num_classes, ds.train)
 
 

@@ -8,13 +8,14 @@ config (resolved, as a plain dict) and wandb_id.
 """
 from __future__ import annotations
 
-import os
 import random
 import re
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .atomic import atomic_write
 
 
 def rng_state() -> dict:
@@ -58,15 +59,9 @@ def _numpy_state_from_plain(d):
 
 
 def save_atomic(obj: dict, path: Path) -> None:
-    """Write to a temporary file in the same directory, fsync, then rename: a crash or a second signal during
-    the write leaves the previous file intact, never a truncated one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
+    """A crash or a second signal during the write leaves the previous file intact, never a truncated one."""
+    with atomic_write(path, "wb") as f:
         torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def load(path: str | Path) -> dict:

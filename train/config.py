@@ -20,12 +20,20 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    name: str = MISSING  # timm name of a zoo model, e.g. od_resnet50 or static_resnet50
-    kernel_num: int = 0  # ODConv kernels per layer; 0 for the static baselines
-    reduction: float = 0.0625  # attention hidden width = max(in_channels * reduction, 16), as released
-    dropout: float = 0.0  # before the classifier
-    temperature_init: float = 30.0  # attention temperature annealed linearly to 1 ...
-    temperature_epochs: float = 10.0  # ... over this many epochs, per iteration (released recipe)
+    """What `timm.create_model` receives. Every key but `name` and the temperature schedule is an argument of the zoo's
+    builders; unset (None) keys are not passed, so the builder's default holds (one source for each default)."""
+    name: str = MISSING  # timm name of a zoo model: od_, condconv_, dyconv_ or static_ + resnet18 ... mobilenetv2_100
+    kernel_num: Optional[int] = None  # od_ / dyconv_: kernels per layer; 0 marks a static model (not passed)
+    reduction: Optional[float] = None  # od_ / dyconv_: attention hidden width = in_channels * reduction
+    min_channel: Optional[int] = None  # od_: lower bound of that hidden width (released: 16)
+    attentions: Optional[List[str]] = None  # od_: any subset of spatial, channel, filter, kernel (released: all four)
+    spatial_act: Optional[str] = None  # od_: sigmoid (released) | softmax over the kernel taps
+    attention_norm: Optional[str] = None  # od_: batch (released) | layer (batch-independent) | none
+    dynamic_stages: Optional[List[int]] = None  # 1-based stages (strides 4, 8, 16, 32) with dynamic convs; None = all
+    num_experts: Optional[int] = None  # condconv_: experts per layer
+    dropout: Optional[float] = None  # before the classifier
+    temperature_init: float = 30.0  # attention temperature annealed linearly to 1 (1 = no temperature) ...
+    temperature_epochs: float = 10.0  # ... over this many epochs, per iteration (released recipe; 0 = no annealing)
     init_checkpoint: Optional[str] = None  # weights to start from (released or ours), classifier included
 
 
@@ -39,10 +47,12 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "val"
     img_size: int = 224  # RandomResizedCrop size for training, center-crop size for evaluation
-    crop_pct: float = 0.875  # eval: resize to img_size / crop_pct, then center crop (256 -> 224)
+    # None: the model's pretrained_cfg decides (train/builders.py, data_defaults); set them only where they are a
+    # property of the data (the demo digits are 32x32 already: crop_pct 1).
+    crop_pct: Optional[float] = None  # eval: resize to img_size / crop_pct, then center crop (256 -> 224)
     interpolation: str = "bilinear"
-    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    mean: Optional[List[float]] = None
+    std: Optional[List[float]] = None
     scale: List[float] = field(default_factory=lambda: [0.08, 1.0])  # RandomResizedCrop area range
     hflip: float = 0.5
     # Optional timm augmentations, all off: the paper's recipe is crop + flip only.
@@ -162,26 +172,20 @@ def validate(cfg: DictConfig | TrainConfig, world_size: int = 1) -> TrainConfig:
     if c.mode == "eval" and not c.checkpoint:
         raise ConfigError("mode=eval needs checkpoint=PATH")
     m, d, o, s, t = c.model, c.data, c.optim, c.sched, c.trainer
-    _known_model(m.name)
-    _positive("model.kernel_num", m.kernel_num, allow_zero=True)
-    if m.name.startswith("od_") and m.kernel_num == 0:
-        raise ConfigError(f"model.kernel_num must be >= 1 for the ODConv model {m.name}")
-    if m.name.startswith("static_") and m.kernel_num != 0:
-        raise ConfigError(f"model.kernel_num must be 0 for the static model {m.name}, got {m.kernel_num}")
-    _positive("model.reduction", m.reduction)
-    if not 0.0 <= m.dropout < 1.0:
-        raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
-    if m.temperature_init < 1.0:
-        raise ConfigError(f"model.temperature_init must be >= 1, got {m.temperature_init}")
-    _positive("model.temperature_epochs", m.temperature_epochs, allow_zero=True)
+    validate_model(m)
 
     _choice("data.format", d.format, {"folder", "wds", "demo"})
     if d.num_classes is not None:
         _positive("data.num_classes", d.num_classes)
     _choice("data.interpolation", d.interpolation, {"bilinear", "bicubic", "nearest", "lanczos", "random"})
     _positive("data.img_size", d.img_size)
-    if not 0.0 < d.crop_pct <= 1.0:
+    if d.crop_pct is not None and not 0.0 < d.crop_pct <= 1.0:
         raise ConfigError(f"data.crop_pct must be in (0, 1], got {d.crop_pct}")
+    for key in ("mean", "std"):
+        values = getattr(d, key)
+        if values is not None and (len(values) != 3 or (key == "std" and min(values) <= 0)):
+            raise ConfigError(f"data.{key} must be 3 numbers{' > 0' if key == 'std' else ''} (or null: the model's), "
+                              f"got {values}")
     for key in ("hflip", "reprob"):
         if not 0.0 <= getattr(d, key) <= 1.0:
             raise ConfigError(f"data.{key} must be in [0, 1], got {getattr(d, key)}")
@@ -231,12 +235,68 @@ def validate(cfg: DictConfig | TrainConfig, world_size: int = 1) -> TrainConfig:
     return c
 
 
+# The model keys each family of the zoo takes (the builders' keyword arguments, models/registry.py); a key set for a
+# family that does not take it is a mistake, not something to drop silently.
+MODEL_KWARGS = {
+    "od_": ("kernel_num", "reduction", "min_channel", "attentions", "spatial_act", "attention_norm", "dynamic_stages"),
+    "condconv_": ("num_experts", "dynamic_stages"),
+    "dyconv_": ("kernel_num", "reduction", "dynamic_stages"),
+    "static_": (),
+}
+ZOO_KWARGS = sorted({k for keys in MODEL_KWARGS.values() for k in keys})
+ATTENTIONS = ("spatial", "channel", "filter", "kernel")
+
+
+def model_family(name: str) -> str | None:
+    """The zoo prefix of a model name (od_, condconv_, dyconv_, static_), None for timm's own models."""
+    return next((prefix for prefix in MODEL_KWARGS if name.startswith(prefix)), None)
+
+
+def validate_model(m: ModelConfig) -> None:
+    _known_model(m.name)
+    family = model_family(m.name)
+    takes = MODEL_KWARGS.get(family, ())
+    for key in ZOO_KWARGS:
+        value = getattr(m, key)
+        if value is None or key in takes or (key == "kernel_num" and value == 0 and family in ("static_", None)):
+            continue
+        hint = f"it takes {', '.join(takes)}" if takes else "it takes none of the dynamic-convolution keys"
+        raise ConfigError(f"model.{key} does not apply to {m.name} ({hint}); remove it or pick another model.name")
+    if m.kernel_num is not None and family in ("od_", "dyconv_") and m.kernel_num < 1:
+        raise ConfigError(f"model.kernel_num must be >= 1 for the dynamic model {m.name}, got {m.kernel_num}")
+    if m.reduction is not None:
+        _positive("model.reduction", m.reduction)
+    for key in ("min_channel", "num_experts"):
+        if getattr(m, key) is not None:
+            _positive(f"model.{key}", getattr(m, key))
+    if m.attentions is not None:
+        unknown = [a for a in m.attentions if a not in ATTENTIONS]
+        if unknown or len(set(m.attentions)) != len(m.attentions):
+            raise ConfigError(f"model.attentions must be distinct names among {list(ATTENTIONS)}, got {m.attentions}")
+        if "kernel" not in m.attentions and (m.kernel_num or 1) > 1:
+            raise ConfigError(f"model.attentions without 'kernel' needs kernel_num 1 (nothing would mix the "
+                              f"{m.kernel_num} kernels), got kernel_num={m.kernel_num}")
+    if m.spatial_act is not None:
+        _choice("model.spatial_act", m.spatial_act, {"sigmoid", "softmax"})
+    if m.attention_norm is not None:
+        _choice("model.attention_norm", m.attention_norm, {"batch", "layer", "none"})
+    if m.dynamic_stages is not None:
+        stages = list(m.dynamic_stages)
+        if not stages or len(set(stages)) != len(stages) or not set(stages) <= {1, 2, 3, 4}:
+            raise ConfigError(f"model.dynamic_stages must be distinct stage numbers among [1, 2, 3, 4], got {stages}")
+    if m.dropout is not None and not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
+    if m.temperature_init < 1.0:
+        raise ConfigError(f"model.temperature_init must be >= 1 (1 = no temperature), got {m.temperature_init}")
+    _positive("model.temperature_epochs", m.temperature_epochs, allow_zero=True)
+
+
 def _known_model(name: str) -> None:
     import timm
 
     import models  # noqa: F401  registers the zoo with timm
 
-    zoo = [n for n in timm.list_models() if n.startswith(("od_", "static_"))]
+    zoo = [n for n in timm.list_models() if model_family(n)]
     if name not in zoo and name not in timm.list_models():
         raise ConfigError(f"model.name {name!r} is not a registered model; the zoo has: {', '.join(sorted(zoo))}")
 

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from .atomic import atomic_directory
 
 DEMO_IMG_SIZE = 32
 DEMO_VAL_FRACTION = 0.2
@@ -47,22 +47,13 @@ def prepare_demo_dataset(root: Path | str | None = None) -> Path:
     if root.exists() and any(root.iterdir()):
         raise FileExistsError(
             f"Demo dataset folder {root} exists but holds no {MARKER} marker; delete it or point data.root elsewhere.")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-    try:
+    with atomic_directory(root) as tmp:
         counts = _write_split_folders(tmp)
         # The marker goes in last: its presence is what says the folder is whole.
         (tmp / MARKER).write_text(json.dumps(dict(version=1, img_size=DEMO_IMG_SIZE, **counts)))
-        if root.exists():
-            root.rmdir()  # empty (checked above); rename cannot replace a directory otherwise
-        try:
-            tmp.rename(root)
-        except OSError:
-            # Another process (a second rank) renamed its copy first; theirs is whole, ours is redundant.
-            if not is_prepared(root):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if not is_prepared(root):  # another process (a second rank) renamed its copy first: it must be whole
+        raise FileExistsError(f"Demo dataset folder {root} appeared without its {MARKER} marker while being written; "
+                              "delete it and run again.")
     return root
 
 

@@ -78,6 +78,15 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
+def all_gather_object(obj) -> list:
+    """Every rank's value of a picklable object, in rank order (`[obj]` without a process group)."""
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     """Sum of each value over all ranks, in float64 so that counts of a million images stay exact."""
     t = torch.tensor(values, dtype=torch.float64, device=device)

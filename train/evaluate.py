@@ -1,6 +1,8 @@
 """Evaluation: top-1/top-5 over the validation set across ranks, and `mode=eval` on a saved or released checkpoint."""
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -11,6 +13,7 @@ from . import distributed
 from .builders import build_loaders, build_model
 from .config import ConfigError, TrainConfig
 from .distributed import DistInfo
+from .skipped import SkipReport
 
 
 def autocast(c: TrainConfig, device: torch.device):
@@ -43,17 +46,21 @@ def evaluate(model: nn.Module, loader, device: torch.device, autocast, limit: in
 
 def evaluate_checkpoint(c: TrainConfig, di: DistInfo) -> dict:
     """mode=eval: top-1/top-5 of a checkpoint (ours, or a released one) on the configured validation set."""
-    import models
+    from models.checkpoint import extract_state_dict, load_state_dict_checked, load_weights_only
 
+    if not os.path.isfile(c.checkpoint):
+        raise ConfigError(f"checkpoint {c.checkpoint} does not exist")
+    try:  # read first: a wrong path or file fails before any data is read
+        ck = load_weights_only(c.checkpoint)
+        state = extract_state_dict(ck, c.checkpoint)
+    except ValueError as e:  # not a checkpoint (UnreadableCheckpointError), or no state dict inside
+        raise ConfigError(f"checkpoint: {e}") from None
     loaders = build_loaders(c, di)
     model = build_model(c, loaders.num_classes)
     try:
-        models.load_checkpoint(model, c.checkpoint)
-    except FileNotFoundError:
-        raise ConfigError(f"checkpoint {c.checkpoint} does not exist") from None
+        load_state_dict_checked(model, state, source=c.checkpoint)
     except ValueError as e:
         raise ConfigError(f"checkpoint {c.checkpoint} does not fit model.name={c.model.name}: {e}") from None
-    ck = torch.load(c.checkpoint, map_location="cpu", weights_only=True)
     # Released checkpoints are fully trained (temperature 1); ours record the temperature they were saved at.
     set_temperature(model, float(ck.get("temperature", 1.0)) if isinstance(ck, dict) else 1.0)
     model = model.to(di.device)
@@ -64,8 +71,11 @@ def evaluate_checkpoint(c: TrainConfig, di: DistInfo) -> dict:
     if isinstance(ck, dict) and ck.get("ema"):
         model.load_state_dict({k.removeprefix("module."): v for k, v in ck["ema"].items()})
         results["ema"] = evaluate(model, loaders.val, di.device, amp, c.trainer.limit_val_batches)
+    skipped = SkipReport([loaders.val.dataset], di.device, di.is_main).update()  # warns once per file
     if di.is_main:
         for name, m in results.items():
             print(f"{name}: top-1 {m['top1']:.2f}% top-5 {m['top5']:.2f}% loss {m['loss']:.4f} "
                   f"({m['images']} images) | {c.checkpoint}", flush=True)
+        if skipped:
+            print(f"{skipped} unreadable validation image(s) skipped and not counted", flush=True)
     return results

@@ -1,22 +1,16 @@
-"""Image decoding shared by the folder and WebDataset readers: unreadable files are counted, or fatal in strict mode."""
+"""Image decoding shared by the folder and WebDataset readers: unreadable files are logged, or fatal in strict mode."""
 from __future__ import annotations
 
 import io
-import logging
 from pathlib import Path
 
-import torch
 from PIL import Image
 
-_logger = logging.getLogger(__name__)
+from .skipped import SkipLog
 
 # What PIL raises for unreadable bytes: UnidentifiedImageError and "image file is truncated" are OSErrors, some broken
 # PNG chunks raise SyntaxError, bad headers ValueError, oversized images DecompressionBombError.
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-
-# One counter slot per DataLoader worker (slot 0 is the main process): each slot has a single writer, so the shared
-# counts need no lock. More workers than slots would share slots and could lose a count, never crash.
-_SLOTS = 256
 
 
 class CorruptImageError(RuntimeError):
@@ -32,30 +26,11 @@ def decode_image(source: str | Path | bytes, mode: str = "RGB") -> Image.Image:
         return img.convert(mode)
 
 
-class SkipCounter:
-    """Counts unreadable samples across DataLoader worker processes (shared memory works with fork and spawn)."""
-
-    def __init__(self):
-        self._counts = torch.zeros(_SLOTS, dtype=torch.int64).share_memory_()
-        self._warned: set[str] = set()
-
-    def add(self, what: str, err: BaseException) -> None:
-        info = torch.utils.data.get_worker_info()
-        slot = 0 if info is None else 1 + info.id % (_SLOTS - 1)
-        self._counts[slot] += 1
-        if what not in self._warned:  # one warning per file and process, not one per epoch
-            self._warned.add(what)
-            _logger.warning("Skipped unreadable image %s (%s: %s)", what, type(err).__name__, err)
-
-    @property
-    def total(self) -> int:
-        return int(self._counts.sum())
-
-
-def handle_bad_image(what: str, err: BaseException, strict: bool, counter: SkipCounter) -> None:
-    """Raises in strict mode (naming the file), otherwise counts the skip."""
+def handle_bad_image(what: str, err: BaseException, strict: bool, log: SkipLog) -> None:
+    """Raises in strict mode (naming the file), otherwise records the skip (reported once per run, see
+    `train.skipped`)."""
     if strict:
         raise CorruptImageError(
             f"Cannot decode image {what} ({type(err).__name__}: {err}); remove or replace the file, "
             "or set data.strict=false to skip unreadable images.") from err
-    counter.add(what, err)
+    log.add(what, err)

@@ -1,8 +1,9 @@
 """The training loop: `run(cfg)` sets a run up, then alternates `train_one_epoch` and `evaluate`.
 
 train.py hands the composed Hydra config to `run`; tests call `run` directly. Order of a run: validate the config,
-join the process group, pick the run directory, build data and model, resume from checkpoints/last.pt if the run
-directory has one, train, write summary.json.
+join the process group, build data and model (so that their errors come before a run directory exists), pick the run
+directory, resume from checkpoints/last.pt if it has one, train, write summary.json (and skipped_images.txt when
+images were unreadable, see `train.skipped`).
 """
 from __future__ import annotations
 
@@ -23,15 +24,17 @@ from torch.nn.parallel import DistributedDataParallel
 from odconv import set_temperature, temperature_schedule
 
 from . import checkpoint as ckpt_lib
-from . import data as data_lib
 from . import distributed
 from .builders import Loaders, build_loaders, build_model, resolve_run_dir
 from .config import ConfigError, TrainConfig, validate
 from .distributed import DistInfo
 from .evaluate import autocast, evaluate, evaluate_checkpoint
+from .loss import build_criterion
+from .mixup import build_mixup
 from .optim import build_optimizer, build_scheduler, set_schedule_position
 from .runlog import RunLogger
 from .signals import StopRequest
+from .skipped import SkipReport
 
 
 class NonFiniteLossError(RuntimeError):
@@ -66,6 +69,7 @@ class Ctx:
     log: RunLogger
     ckpts: ckpt_lib.CheckpointDir | None
     stop: StopRequest | None
+    skips: SkipReport
 
     def autocast(self):
         return autocast(self.c, self.di.device)
@@ -115,19 +119,21 @@ def _setup_model(c: TrainConfig, di: DistInfo, num_classes: int):
 
 
 def _train(c: TrainConfig, di: DistInfo) -> dict:
-    loaders = build_loaders(c, di)  # first: a missing dataset must stop the run before it creates a directory
+    # Data and model first: a missing dataset or a bad model.init_checkpoint must stop before a directory exists.
+    loaders = build_loaders(c, di)
+    model, ema = _setup_model(c, di, loaders.num_classes)
     run_dir = resolve_run_dir(c, di)
     log = RunLogger(run_dir, di.is_main, c.trainer.progress)
-    model, ema = _setup_model(c, di, loaders.num_classes)
     torch.manual_seed(c.trainer.seed + di.rank)  # dropout masks differ between ranks, as their images do
     optimizer = build_optimizer(model, c)
-    mixup = data_lib.build_mixup(loaders.num_classes, mixup_alpha=c.data.mixup, cutmix_alpha=c.data.cutmix,
+    mixup = build_mixup(loaders.num_classes, mixup_alpha=c.data.mixup, cutmix_alpha=c.data.cutmix,
                                  label_smoothing=c.data.label_smoothing)
     ctx = Ctx(
         c, di, model, model, ema, optimizer, build_scheduler(optimizer, c, loaders.steps_per_epoch),
         torch.amp.GradScaler(di.device.type, enabled=c.trainer.amp == "fp16"),
-        data_lib.build_criterion(mixup=mixup is not None, label_smoothing=c.data.label_smoothing),
-        mixup, loaders, log, ckpt_lib.CheckpointDir(run_dir, c.trainer.keep_last), None)
+        build_criterion(mixup=mixup is not None, label_smoothing=c.data.label_smoothing),
+        mixup, loaders, log, ckpt_lib.CheckpointDir(run_dir, c.trainer.keep_last), None,
+        SkipReport([loaders.train_dataset, loaders.val.dataset], di.device, di.is_main, run_dir))
     # Rank 0 decides; every rank must then read the same file, so the run directory has to be shared between nodes.
     resume = distributed.broadcast_object(ctx.ckpts.last.is_file())
     if resume and distributed.all_reduce_sum([float(not ctx.ckpts.last.is_file())], di.device)[0]:
@@ -160,6 +166,7 @@ def _train(c: TrainConfig, di: DistInfo) -> dict:
             is_best = False
             if state.epoch % c.trainer.eval_every == 0 or state.epoch == c.trainer.epochs:
                 is_best = _validate(ctx, state)
+            ctx.skips.update()  # the validation set's unreadable files too, before the summary counts them
             _save(ctx, state, epoch_end=True, is_best=is_best)
     except NonFiniteLossError as e:
         status = "failed"
@@ -169,13 +176,15 @@ def _train(c: TrainConfig, di: DistInfo) -> dict:
         status = "failed"
         raise
     finally:
-        summary = _summary(c, state, params, status)
+        summary = _summary(c, state, params, status, ctx.skips.count)
         log.write_summary(summary)
         log.close()
         ctx.stop.restore()
     if status == "completed":
         log.info(f"done: best top-1 {state.best_top1:.2f}% top-5 {state.best_top5:.2f}% | final top-1 "
                  f"{summary['final_top1']:.2f}% top-5 {summary['final_top5']:.2f}% | {run_dir}")
+        if ctx.skips.count:
+            log.info(f"{ctx.skips.count} unreadable image(s) skipped, listed in {ctx.skips.path}")
     else:
         ctx.stop.chain()  # under submitit: its own handler requeues the job
     return summary
@@ -241,7 +250,7 @@ def train_one_epoch(ctx: Ctx, state: State) -> str | None:
             lr = ctx.optimizer.param_groups[0]["lr"]
             left = (t.epochs - state.epoch - 1) * steps + steps - state.batch
             record = dict(kind="train", epoch=state.epoch, step=state.step, loss=window_loss / window_steps, lr=lr,
-                          temperature=temperature, images_per_s=rate, skipped_images=_skipped(ctx))
+                          temperature=temperature, images_per_s=rate, skipped_images=ctx.skips.update())
             ctx.log.log(record)
             ctx.log.train_line(epoch=state.epoch, epochs=t.epochs, batch=state.batch, batches=steps,
                                loss=record["loss"], lr=lr, temperature=temperature, images_per_s=rate,
@@ -270,10 +279,6 @@ def _epoch_batches(ctx: Ctx, state: State):
     return it
 
 
-def _skipped(ctx: Ctx) -> int:
-    return int(distributed.all_reduce_sum([data_lib.skipped_images(ctx.loaders.train_dataset)], ctx.di.device)[0])
-
-
 def _validate(ctx: Ctx, state: State) -> bool:
     """Evaluate the model (and its EMA), log, and say whether this is the best top-1 so far."""
     limit = ctx.c.trainer.limit_val_batches
@@ -294,10 +299,7 @@ def _validate(ctx: Ctx, state: State) -> bool:
 
 
 def _save(ctx: Ctx, state: State, *, epoch_end: bool, is_best: bool = False) -> None:
-    rng = ckpt_lib.rng_state()
-    rngs = [rng] * ctx.di.world_size
-    if ctx.di.world_size > 1:  # every rank's RNG, so each rank resumes its own dropout stream
-        torch.distributed.all_gather_object(rngs, rng)
+    rngs = distributed.all_gather_object(ckpt_lib.rng_state())  # each rank resumes its own dropout stream
     if not ctx.di.is_main:
         return
     obj = dict(
@@ -335,8 +337,9 @@ def _resume(ctx: Ctx) -> State:
     return state
 
 
-def _summary(c: TrainConfig, state: State, params: int, status: str) -> dict:
+def _summary(c: TrainConfig, state: State, params: int, status: str, skipped_images: int) -> dict:
     return dict(model=c.model.name, kernel_num=c.model.kernel_num, params=params, best_top1=state.best_top1,
                 best_top5=state.best_top5, final_top1=state.last_val.get("top1", math.nan),
                 final_top5=state.last_val.get("top5", math.nan), epochs=state.epoch,
-                global_batch_size=c.data.global_batch_size, status=status, step=state.step)
+                global_batch_size=c.data.global_batch_size, status=status, step=state.step,
+                skipped_images=skipped_images)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+from timm.optim import param_groups_weight_decay
 from timm.scheduler import create_scheduler_v2
 from torch import nn
 
@@ -9,15 +10,12 @@ from .config import TrainConfig, lr_for
 
 
 def param_groups(model: nn.Module, weight_decay: float, exclude_norm_bias: bool) -> list[dict]:
-    """With `exclude_norm_bias`, 1-D parameters (norm scales and shifts, biases) get no weight decay.
-    ODConv's attention BatchNorm falls in that set as well; its fc/conv weights keep decay."""
+    """With `exclude_norm_bias`, 1-D parameters (norm scales and shifts, biases) get no weight decay (timm's
+    grouping, in its order: the no-decay group first). ODConv's attention BatchNorm falls in that set as well; its
+    fc/conv weights keep decay."""
     if not exclude_norm_bias:
         return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return param_groups_weight_decay(model, weight_decay)
 
 
 def build_optimizer(model: nn.Module, c: TrainConfig) -> torch.optim.Optimizer:

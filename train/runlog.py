@@ -5,11 +5,11 @@ Every method is a no-op on ranks other than 0, so the loop calls them unconditio
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
+from .atomic import atomic_write
 from .config import WandbConfig
 
 
@@ -38,9 +38,8 @@ class RunLogger:
         self._metrics.close()
         path = self.run_dir / "metrics.jsonl"
         kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        tmp = path.with_name(".metrics.jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, path)
+        with atomic_write(path, "w") as f:
+            f.write("".join(line + "\n" for line in kept))
         self._metrics = open(path, "a", buffering=1)
 
     def error(self, msg: str) -> None:
@@ -70,9 +69,8 @@ class RunLogger:
 
     def write_summary(self, summary: dict) -> None:
         if self.is_main:
-            tmp = self.run_dir / ".summary.json.tmp"
-            tmp.write_text(json.dumps(summary, indent=2) + "\n")
-            os.replace(tmp, self.run_dir / "summary.json")
+            with atomic_write(self.run_dir / "summary.json", "w") as f:
+                f.write(json.dumps(summary, indent=2) + "\n")
 
     def start_wandb(self, cfg: WandbConfig, run_id: str | None, config: dict, run_name: str) -> str | None:
         """Start or continue (same id, resume='allow') the wandb run; returns its id for the checkpoint."""

@@ -1,8 +1,8 @@
-"""WebDataset tar shards for cluster-scale reading, and a writer that turns an image folder into shards.
+"""WebDataset tar shards for cluster-scale reading (scripts/make_wds_shards.py writes them from an image folder).
 
 Layout: `root/_info.json` (timm's format: {"num_classes": C, "splits": {"train": {"num_samples": N, "filenames":
 [...], ...}, "validation": {...}}}) next to the shards; without it, `root/[PREFIX-]{split}-*.tar` are found and counted
-once (slow on ImageNet-size sets: write the info file, as `write_wds_shards` does). A sample is an image
+once (slow on ImageNet-size sets: write the info file, as scripts/make_wds_shards.py does). A sample is an image
 (`.jpg`/`.jpeg`/`.png`/`.webp`) plus its class index in `.cls`, as in timm's ImageNet shards.
 
 How the stream is split and resumed:
@@ -17,12 +17,11 @@ How the stream is split and resumed:
   resumed mid-epoch can restart the epoch or skip the consumed batches (decoding them again); there is no random
   access into a tar stream. Exact bit-for-bit mid-epoch resume is a property of the map-style (folder, demo) data.
 - rank and world size are read from torch.distributed when the dataset is built: build it after the process group.
-- unreadable samples or tar members are counted (`skipped_images`) and skipped, or raise in strict mode.
+- unreadable samples or tar members are skipped and logged (`train.skipped`), or raise in strict mode.
 """
 from __future__ import annotations
 
 import glob
-import io
 import json
 import logging
 import math
@@ -36,7 +35,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import IterableDataset, get_worker_info
 
-from train.image_io import DECODE_ERRORS, SkipCounter, decode_image, handle_bad_image
+from .image_io import DECODE_ERRORS, decode_image, handle_bad_image
+from .skipped import SkipLog
 
 _logger = logging.getLogger(__name__)
 INFO_FILE = "_info.json"
@@ -62,7 +62,7 @@ class WdsImageDataset(IterableDataset):
         initialized = dist.is_available() and dist.is_initialized()
         self.rank = rank if rank is not None else (dist.get_rank() if initialized else 0)
         self.world_size = world_size if world_size is not None else (dist.get_world_size() if initialized else 1)
-        self.skips = SkipCounter()
+        self.skips = SkipLog()
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
     def set_epoch(self, epoch: int) -> None:
@@ -148,7 +148,7 @@ def _split_shards(root: Path, split: str, info: dict, root_env: str) -> tuple[li
     if name in splits:
         entry = splits[name]
         return [str(root / f) for f in entry["filenames"]], int(entry["num_samples"]), None
-    # `train-000000.tar` (write_wds_shards) or a prefixed name such as timm's `imagenet-train-000000.tar`.
+    # `train-000000.tar` (scripts/make_wds_shards.py) or a prefixed name such as timm's `imagenet-train-000000.tar`.
     shards = sorted(glob.glob(str(root / f"{split}-*.tar")) or glob.glob(str(root / f"*-{split}-*.tar")))
     if not shards:
         raise FileNotFoundError(
@@ -164,56 +164,3 @@ def _split_shards(root: Path, split: str, info: dict, root_env: str) -> tuple[li
                     count += 1
                     max_cls = max(max_cls, int(tar.extractfile(member).read()))
     return shards, count, max_cls + 1
-
-
-def write_wds_shards(folder_root: Path | str, out_dir: Path | str, *, splits: tuple[str, ...] = ("train", "val"),
-                     shard_size: int = 1000) -> Path:
-    """Writes `folder_root/{split}/CLASS/*` as `out_dir/{split}-NNNNNN.tar` shards plus `_info.json`.
-
-    Image bytes are copied as they are (no re-encoding); samples keep the folder's sorted order, so the training
-    stream's shuffling is what mixes classes.
-    """
-    from train.data import ImageFolderDataset
-
-    folder_root, out_dir = Path(folder_root), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    info = dict(name=folder_root.name, splits={})
-    class_to_idx = None
-    for split in splits:
-        ds = ImageFolderDataset(folder_root, split, class_to_idx=class_to_idx)
-        class_to_idx = class_to_idx or ds.class_to_idx
-        info["num_classes"] = len(class_to_idx)
-        filenames, lengths = [], []
-        for start in range(0, len(ds), shard_size):
-            name = f"{split}-{start // shard_size:06d}.tar"
-            indices = range(start, min(start + shard_size, len(ds)))
-            with tarfile.open(out_dir / name, "w") as tar:
-                for i in indices:
-                    path = ds.path(i)
-                    key = f"{i:08d}"
-                    _add_member(tar, f"{key}{path.suffix.lower().replace('.jpeg', '.jpg')}", path.read_bytes())
-                    _add_member(tar, f"{key}.cls", str(int(ds.targets[i])).encode())
-            filenames.append(name)
-            lengths.append(len(indices))
-        info["splits"][split] = dict(name=split, num_samples=len(ds), filenames=filenames, shard_lengths=lengths)
-    (out_dir / INFO_FILE).write_text(json.dumps(info, indent=1))
-    return out_dir
-
-
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    member = tarfile.TarInfo(name)
-    member.size = len(data)
-    member.mtime = 0  # reproducible shards: same bytes for the same folder
-    tar.addfile(member, io.BytesIO(data))
-
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Convert an ImageNet-style folder into WebDataset shards.")
-    parser.add_argument("folder_root")
-    parser.add_argument("out_dir")
-    parser.add_argument("--splits", nargs="+", default=["train", "val"])
-    parser.add_argument("--shard-size", type=int, default=1000)
-    args = parser.parse_args()
-    print(write_wds_shards(args.folder_root, args.out_dir, splits=tuple(args.splits), shard_size=args.shard_size))

@@ -1,0 +1,67 @@
+"""Write-then-rename: a reader (or a resumed run) sees the old file or the new one, never half of one.
+
+Standard library only and free of project imports, so that `detection/` can use it without pulling in the
+training stack (train/__init__.py imports nothing).
+
+    with atomic_write(run_dir / "summary.json", "w") as f:
+        f.write(text)
+    with atomic_directory(root) as tmp:   # fill tmp; it becomes root in one rename
+        ...
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Iterator
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", *, fsync: bool = True, **open_kwargs) -> Iterator[IO]:
+    """Open a temporary file next to `path` (same filesystem, so the rename is atomic); on a clean exit flush,
+    fsync (a power cut after the rename must not leave an empty file) and rename it over `path`. On an exception
+    (or a signal that raises) the temporary file is removed and `path` is left as it was.
+
+    `mode` is "w" or "wb"; `open_kwargs` go to open() (e.g. encoding). The parent directory is created."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Unique per process and thread; a plain open() keeps the umask's permissions (mkstemp would make it 0600).
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, mode, **open_kwargs) as f:
+            yield f
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary sibling directory of `path`; on a clean exit rename it to `path`.
+
+    `path` may exist only as an empty directory (it is replaced). When another process renamed its own copy into
+    place first, that copy is kept and ours is dropped without an error: the caller checks that what is there is
+    whole (e.g. by a marker file written last). The temporary directory never outlives the block."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()  # rename cannot replace a directory otherwise
+        try:
+            tmp.rename(path)
+        except OSError:
+            if not path.exists():  # not a lost race: a real failure
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
