@@ -60,4 +60,5 @@ class StandardCocoMetric(CocoMetric):
         evaluation.evaluate()
         evaluation.accumulate()
         evaluation.summarize()
-        return {f"{iou_type}_{name}": float(f"{evaluation.stats[i]:.3f}") for i, name in enumerate(_STANDARD_NAMES.values())}
+        names = _STANDARD_NAMES.values()  # in the order of COCOeval.stats
+        return {f"{iou_type}_{name}": float(f"{evaluation.stats[i]:.3f}") for i, name in enumerate(names)}
