@@ -9,12 +9,12 @@ GPU of detection training its batch statistics are nearly degenerate (with one i
 and the ImageNet running statistics are the ones the attention heads were trained with. The released detectors do
 the same. Its affine weights still train, as for every other BN under `norm_eval`.
 
-`attention_norm_eval` decides the attention-branch BN alone (default: as `norm_eval`). A backbone trained from
-scratch on a few images per GPU needs `norm_eval=False` for its feature BNs, but its attention BNs must stay in
-eval mode: over 4 pooled vectors of look-alike images the batch statistics are meaningless, and at test time the
-attention inputs land far from the running mean (on the demo set, batch 4, after 200 iterations: mean |z| 5, up to
-276 standard deviations), so the test-time attentions differ from every training-time one. Frozen at their
-initial values (mean 0, variance 1) those BNs are a trained affine map, the same in training and at test time.
+`attention_norm_eval` decides the attention-branch BN alone (default: as `norm_eval`). Trained from scratch with
+4 images per batch at temperature 1 from the first step, that BN's running statistics drift away from what single
+images give (on the demo set after 200 iterations: mean |z| 5, up to 276 standard deviations at test time), so
+test-time attentions differ from every training-time one. Annealing the temperature (`ODConvTemperatureHook`, as
+the classification recipe) cured it in our measurement; `attention_norm_eval=True` (statistics frozen at their
+initial values: a trained affine map, the same in training and at test time) is the other way out.
 """
 from __future__ import annotations
 

@@ -78,6 +78,7 @@ def _tiny_run(root: str, work, seed: int, name: str) -> dict[str, torch.Tensor]:
     cfg.train_cfg.max_epochs = 1
     cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
     cfg.default_hooks.checkpoint.interval = 1
+    cfg.custom_hooks = [dict(type="ODConvTemperatureHook", init=30.0, epochs=1)]  # annealed within the one epoch
     cfg.experiment_name = name  # several runners in one process need distinct names
     runner = train(cfg)
     assert json.loads((work / "randomness.json").read_text())["seed"] == seed
