@@ -8,6 +8,13 @@ an mmdet backbone needs: `out_indices`, `frozen_stages`, `norm_eval` and `init_c
 GPU of detection training its batch statistics are nearly degenerate (with one image per GPU the forward fails),
 and the ImageNet running statistics are the ones the attention heads were trained with. The released detectors do
 the same. Its affine weights still train, as for every other BN under `norm_eval`.
+
+`attention_norm_eval` decides the attention-branch BN alone (default: as `norm_eval`). Trained from scratch with
+4 images per batch at temperature 1 from the first step, that BN's running statistics drift away from what single
+images give (on the demo set after 200 iterations: mean |z| 5, up to 276 standard deviations at test time), so
+test-time attentions differ from every training-time one. Annealing the temperature (`ODConvTemperatureHook`, as
+the classification recipe) cured it in our measurement; `attention_norm_eval=True` (statistics frozen at their
+initial values: a trained affine map, the same in training and at test time) is the other way out.
 """
 from __future__ import annotations
 
@@ -19,10 +26,8 @@ from mmengine.model import BaseModule
 from torch import Tensor, nn
 
 import models
-from odconv import set_temperature
-
-_MOBILENET_WIDTHS = {0.5: "mobilenetv2_050", 0.75: "mobilenetv2_075", 1.0: "mobilenetv2_100"}
-_RESNET_DEPTHS = (18, 34, 50, 101)
+from models.resnet import ARCH_SETTINGS
+from odconv import ODAttention, set_temperature
 
 
 class ZooBackbone(BaseModule):
@@ -34,6 +39,7 @@ class ZooBackbone(BaseModule):
         out_indices: Sequence[int] = (0, 1, 2, 3),
         frozen_stages: int = -1,
         norm_eval: bool = True,
+        attention_norm_eval: Optional[bool] = None,
         init_cfg: Optional[dict] = None,
         **model_kwargs,
     ) -> None:
@@ -53,8 +59,10 @@ class ZooBackbone(BaseModule):
         self.out_indices = tuple(sorted(out_indices))
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
+        self.attention_norm_eval = norm_eval if attention_norm_eval is None else attention_norm_eval
         self.out_channels = [self.body.feature_info[i]["num_chs"] for i in self.out_indices]
         self._freeze_stages()
+        self.register_load_state_dict_pre_hook(_accept_released_layout)
 
     def stage_modules(self, stage: int) -> list[nn.Module]:
         """The modules of stage 0 (stem) .. 4; defined per family."""
@@ -70,9 +78,11 @@ class ZooBackbone(BaseModule):
     def train(self, mode: bool = True) -> "ZooBackbone":
         super().train(mode)
         self._freeze_stages()
-        if mode and self.norm_eval:
+        if mode:
+            attention = {id(getattr(m, "bn", None)) for m in self.modules() if isinstance(m, ODAttention)}
             for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and \
+                        (self.attention_norm_eval if id(m) in attention else self.norm_eval):
                     m.eval()
         return self
 
@@ -99,6 +109,27 @@ class ZooBackbone(BaseModule):
         outs = self.body.forward_stages(x)
         return tuple(outs[i] for i in self.out_indices)
 
+    def adopt_layout(self, state: dict, prefix: str) -> dict:
+        """`state` with this backbone's keys (under `prefix`) in our layout, `prefix + 'body.*'`.
+
+        The released detectors keep the backbone's modules directly under `backbone.*`, with the ImageNet
+        classifier they never use (`backbone.fc.*` / `backbone.classifier.*`); ours nest them under `body`.
+        A state dict already in our layout is returned as it is.
+        """
+        body = prefix + "body."
+        if any(k.startswith(body) for k in state):
+            return state
+        head = prefix + self.body.pretrained_cfg["classifier"] + "."
+        return {(body + k[len(prefix):] if k.startswith(prefix) else k): v
+                for k, v in state.items() if not k.startswith(head)}
+
+
+def _accept_released_layout(module: ZooBackbone, state_dict: dict, prefix: str, *args) -> None:
+    # Any loader (mmengine's load_from and resume included) gets both layouts; the hook must edit in place.
+    adopted = module.adopt_layout(dict(state_dict), prefix)
+    state_dict.clear()
+    state_dict.update(adopted)
+
 
 def _od_kwargs(kernel_num: int, reduction: float) -> dict:
     if kernel_num < 1:
@@ -123,15 +154,17 @@ class _MobileNetV2Stages:
 
 
 def _resnet_name(prefix: str, depth: int) -> str:
-    if depth not in _RESNET_DEPTHS:
-        raise ValueError(f"depth must be one of {_RESNET_DEPTHS}, got {depth}")
+    if depth not in ARCH_SETTINGS:
+        raise ValueError(f"depth must be one of {tuple(sorted(ARCH_SETTINGS))}, got {depth}")
     return f"{prefix}resnet{depth}"
 
 
 def _mobilenet_name(prefix: str, widen_factor: float) -> str:
-    if widen_factor not in _MOBILENET_WIDTHS:
-        raise ValueError(f"widen_factor must be one of {sorted(_MOBILENET_WIDTHS)}, got {widen_factor}")
-    return prefix + _MOBILENET_WIDTHS[widen_factor]
+    # The zoo's registry is the one list of widths: `static_mobilenetv2_050` is width 0.5.
+    widths = {int(n.rsplit("_", 1)[1]) / 100: n for n in models.MODEL_NAMES if n.startswith(prefix + "mobilenetv2_")}
+    if widen_factor not in widths:
+        raise ValueError(f"widen_factor must be one of {tuple(sorted(widths))}, got {widen_factor}")
+    return widths[widen_factor]
 
 
 @MODELS.register_module(name="OD_ResNet")
@@ -166,8 +199,4 @@ class StaticMobileNetV2(_MobileNetV2Stages, ZooBackbone):
         super().__init__(_mobilenet_name("static_", widen_factor), **kwargs)
 
 
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-__all__ = ["ODMobileNetV2", "ODResNet", "StaticMobileNetV2", "StaticResNet", "ZooBackbone", "count_parameters"]
+__all__ = ["ODMobileNetV2", "ODResNet", "StaticMobileNetV2", "StaticResNet", "ZooBackbone"]

@@ -1,4 +1,7 @@
-"""Argument handling shared by `python -m detection.train` and `python -m detection.test`."""
+"""Argument handling shared by `python -m detection.train` and `python -m detection.test`.
+
+Imported only once `detection.stack` has found the detection stack (it imports mmengine).
+"""
 from __future__ import annotations
 
 import argparse
@@ -15,6 +18,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--work-dir", help="where logs, checkpoints and results go (default work_dirs/<config name>)")
     p.add_argument("--cfg-options", nargs="+", action=DictAction, metavar="KEY=VALUE",
                    help="override config entries, e.g. model.backbone.init_cfg.checkpoint=ckpt.pth")
+    p.add_argument("--seed", type=int, help="random seed of the run (default: the config's randomness.seed, else 0); "
+                   "recorded in <work dir>/randomness.json")
     p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
                    help="'pytorch' under torchrun (one process per GPU; also on CPU with the gloo backend)")
     return p
@@ -34,11 +39,11 @@ def prepare_launch(cfg) -> None:
 
 def run(fn) -> None:
     """Call `fn()`, turning the errors a user can cause into one line on stderr and exit status 2."""
-    from .runner import DataError
+    from .runner import ConfigError, DataError
     import models
 
     try:
         fn()
-    except (FileNotFoundError, DataError, models.CheckpointMismatchError) as e:
+    except (FileNotFoundError, ConfigError, DataError, models.CheckpointMismatchError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

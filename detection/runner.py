@@ -2,6 +2,10 @@
 
 `train(cfg)` and `test(cfg, checkpoint)` are what the `detection.train` / `detection.test` commands call and what
 the tests call directly. Under `torchrun` set `cfg.launcher = 'pytorch'` (the commands' `--launcher pytorch`).
+
+Runs are seeded: `randomness.seed` is 0 unless the config, `--seed N` or `--cfg-options randomness.seed=N` says
+otherwise, and the seed a run used is written to `<work dir>/randomness.json`. On a CPU a seed fixes the run
+exactly; on GPUs add `randomness.deterministic=True` (slower) for bit-identical repeats.
 """
 from __future__ import annotations
 
@@ -13,22 +17,39 @@ from typing import Optional
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-from . import compat  # noqa: F401  (torch-compat fixes and backbone registration happen on import)
-from . import backbones  # noqa: F401
+from . import plugins  # noqa: F401  (torch-compat fixes and registration of our modules happen on import)
+from .checkpoint import load_detector_checkpoint
+
+DEFAULT_SEED = 0
 
 
 class DataError(ValueError):
     """A data file named by the config is missing or is not COCO JSON."""
 
 
+class ConfigError(ValueError):
+    """A setting given on the command line or in the config is invalid."""
+
+
 def load_config(path: str, cfg_options: Optional[dict] = None, work_dir: Optional[str] = None,
-                launcher: str = "none") -> Config:
-    """Read a config, apply `--cfg-options`, and pick its work_dir (default work_dirs/<config name>)."""
+                launcher: str = "none", seed: Optional[int] = None) -> Config:
+    """Read a config, apply `--cfg-options` and `--seed`, and pick its work_dir (default work_dirs/<config name>)."""
     if not osp.isfile(path):
         raise FileNotFoundError(f"config file not found: {path}")
+    if seed is not None and (cfg_options or {}).get("randomness.seed", seed) != seed:
+        raise ConfigError(f"--seed {seed} and --cfg-options randomness.seed={cfg_options['randomness.seed']} "
+                         "disagree; give one")
     cfg = Config.fromfile(path)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
+    randomness = dict(cfg.get("randomness") or {})
+    if seed is not None:
+        randomness["seed"] = seed
+    elif randomness.get("seed") is None:  # mmengine would draw a fresh seed: runs could not be repeated
+        randomness["seed"] = DEFAULT_SEED
+    if not isinstance(randomness["seed"], int) or not 0 <= randomness["seed"] < 2**32:
+        raise ConfigError(f"randomness.seed must be an integer in [0, 2**32), got {randomness['seed']!r}")
+    cfg.randomness = randomness
     cfg.launcher = launcher
     if work_dir is not None:
         cfg.work_dir = work_dir
@@ -79,6 +100,10 @@ def train(cfg: Config) -> Runner:
     """Train (and validate every `val_interval` epochs) as the config says; returns the finished Runner."""
     check_data(cfg, ("train", "val") if cfg.get("val_cfg") else ("train",))
     runner = Runner.from_cfg(cfg)
+    if runner.rank == 0:
+        _write_json(osp.join(runner.work_dir, "randomness.json"),
+                    dict(seed=runner.seed, deterministic=runner.deterministic,
+                         diff_rank_seed=bool(cfg.randomness.get("diff_rank_seed", False))))
     runner.train()
     return runner
 
@@ -90,18 +115,25 @@ def test(cfg: Config, checkpoint: str, out_prefix: Optional[str] = None) -> dict
         raise FileNotFoundError(f"checkpoint file not found: {checkpoint}")
     check_data(cfg, ("test",))
     out_prefix = out_prefix or osp.join(cfg.work_dir, "results")
-    cfg.load_from = checkpoint
+    cfg.load_from = None  # mmengine would load it non-strictly; ours accepts both layouts and checks every key
     for evaluator in _as_list(cfg.test_evaluator):
         evaluator["outfile_prefix"] = out_prefix
     runner = Runner.from_cfg(cfg)
+    load_detector_checkpoint(runner.model, checkpoint)
     metrics = runner.test()
     if runner.rank == 0:
         os.makedirs(osp.dirname(out_prefix) or ".", exist_ok=True)
-        tmp = f"{out_prefix}.metrics.json.tmp"
-        with open(tmp, "w") as f:
-            json.dump({k: float(v) for k, v in metrics.items()}, f, indent=1)
-        os.replace(tmp, f"{out_prefix}.metrics.json")
+        # Numbers as floats; a metric's warning (e.g. no detections at all) as its text.
+        _write_json(f"{out_prefix}.metrics.json",
+                    {k: v if isinstance(v, str) else float(v) for k, v in metrics.items()})
     return metrics
+
+
+def _write_json(path: str, obj: dict) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)  # a reader never sees half a file
 
 
 def _as_list(x) -> list:

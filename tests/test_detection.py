@@ -1,4 +1,5 @@
-"""The mmdet bridge: backbone registry and options, checkpoint loading, parameter counts, data checks, COCO metric."""
+"""The mmdet bridge: backbone registry and options, checkpoint loading (both detector layouts), parameter counts,
+data checks, the COCO metric (no detections included), seeding, the temperature hook, a missing detection stack."""
 from __future__ import annotations
 
 import copy
@@ -13,10 +14,12 @@ import torch
 from mmengine.config import Config
 from torch import nn
 
-import detection
+import detection.plugins  # noqa: F401  (registers the backbones, metric and hook)
 import models
+from detection.checkpoint import load_detector_checkpoint
 from detection.demo_coco import make_demo_coco
-from detection.runner import DataError, check_data
+from detection.runner import ConfigError, DataError, check_data, load_config
+from models.complexity import count_params
 from odconv import ODConv2d, set_temperature
 
 from mmdet.registry import MODELS
@@ -51,8 +54,8 @@ def test_registry_round_trip(type_name):
 
 
 @pytest.mark.parametrize("cfg, message", [
-    (dict(type="OD_ResNet", depth=42), "depth must be one of"),
-    (dict(type="OD_MobileNetV2", widen_factor=0.3), "widen_factor must be one of"),
+    (dict(type="OD_ResNet", depth=42), r"depth must be one of \(18, 34, 50, 101\), got 42"),
+    (dict(type="OD_MobileNetV2", widen_factor=0.3), r"widen_factor must be one of \(0.5, 0.75, 1.0\), got 0.3"),
     (dict(type="OD_ResNet", depth=18, kernel_num=0), "kernel_num must be >= 1"),
     (dict(type="StaticResNet", depth=18, out_indices=(0, 4)), "out_indices must be distinct values"),
     (dict(type="StaticResNet", depth=18, frozen_stages=5), "frozen_stages must be"),
@@ -82,7 +85,7 @@ def test_published_detector_parameter_counts(config):
     cfg = Config.fromfile(os.path.join(CONFIGS, config))
     assert cfg.model.roi_head.bbox_head.num_classes == 80
     detector = MODELS.build(cfg.model)  # building reads no checkpoint; init_weights() would
-    assert round(detection.count_parameters(detector) / 1e6, 2) == PARAMS_M[config]
+    assert round(count_params(detector) / 1e6, 2) == PARAMS_M[config]
 
 
 def _batchnorms(module: nn.Module, attention: bool) -> list[nn.BatchNorm2d]:
@@ -105,6 +108,18 @@ def test_norm_eval_freezes_attention_bn_and_frozen_stages_freeze_weights():
     trainable = MODELS.build(dict(type="OD_ResNet", depth=18, kernel_num=4, frozen_stages=-1, norm_eval=False)).train()
     assert all(bn.training for bn in _batchnorms(trainable, attention=True) + _batchnorms(trainable, attention=False))
     assert all(p.requires_grad for p in trainable.parameters())
+
+
+def test_attention_norm_eval_freezes_only_the_attention_bn_statistics():
+    # From scratch: feature BNs learn their statistics, attention BNs stay an affine map (see detection/backbones.py).
+    backbone = MODELS.build(dict(type="OD_ResNet", depth=18, kernel_num=4, frozen_stages=-1, norm_eval=False,
+                                 attention_norm_eval=True)).train()
+    attention, features = _batchnorms(backbone, attention=True), _batchnorms(backbone, attention=False)
+    assert not any(bn.training for bn in attention) and all(bn.training for bn in features)
+    sum(o.mean() for o in backbone(torch.randn(1, 3, 64, 64))).backward()  # one image: fine without batch statistics
+    assert all(torch.equal(bn.running_var, torch.ones_like(bn.running_var)) for bn in attention)
+    assert not all(torch.equal(bn.running_var, torch.ones_like(bn.running_var)) for bn in features)
+    assert all(bn.weight.grad is not None for bn in attention)
 
 
 def test_mobilenetv2_frozen_stages_follow_the_released_stem():
@@ -167,7 +182,68 @@ def test_checkpoint_that_does_not_fit_lists_missing_and_unexpected_keys(tmp_path
         backbone.init_weights()
 
 
-def _demo_cfg(root: str, config: str = "demo/faster-rcnn_od4x-r50_fpn_demo.py") -> Config:
+def _released_layout(state: dict, classifier: dict) -> dict:
+    """A detector state dict as the released ODConv detectors (mmdet 2.x backbones) lay it out: the backbone's
+    modules directly under `backbone.*`, plus the ImageNet classifier those backbones keep."""
+    body = "backbone.body."
+    return {("backbone." + k[len(body):] if k.startswith(body) else k): v for k, v in state.items()} | classifier
+
+
+@pytest.mark.parametrize("config, classifier", [
+    ("demo/faster-rcnn_od4x-r18_fpn_demo.py", dict(fc=(10, 512))),
+    ("demo/mask-rcnn_od4x-mobilenetv2-050_fpn_demo.py", {"classifier.1": (10, 1280)}),
+])
+def test_released_detector_layout_loads_as_ours_does(tmp_path, config, classifier):
+    cfg = Config.fromfile(os.path.join(CONFIGS, config))
+    torch.manual_seed(0)
+    trained = MODELS.build(cfg.model)
+    for m in trained.modules():  # statistics unlike a fresh model's, so a skipped buffer would show
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+    expected = trained.state_dict()
+    head = {f"backbone.{name}.{p}": torch.randn(shape if p == "weight" else shape[:1])
+            for name, shape in classifier.items() for p in ("weight", "bias")}
+    released = _released_layout(expected, head)
+    assert not any(k.startswith("backbone.body.") for k in released)
+    assert "backbone.conv1.weight" in released or "backbone.features.0.0.weight" in released  # the stem's conv
+    # mmcv 1.x's checkpoint format: meta, the state dict, the optimizer.
+    path = tmp_path / "released.pth"
+    torch.save({"meta": {"mmdet_version": "2.11.0", "CLASSES": tuple("0123456789")}, "state_dict": released,
+                "optimizer": {"state": {}, "param_groups": []}}, path)
+
+    for load in ("detection.test", "torch", "mmengine"):
+        torch.manual_seed(1)
+        fresh = MODELS.build(cfg.model)
+        if load == "detection.test":  # strict: every key must fit
+            load_detector_checkpoint(fresh, str(path))
+        elif load == "torch":  # what a plain load_state_dict does, strict
+            fresh.load_state_dict(released, strict=True)
+        else:  # what mmengine's load_from / resume do
+            from mmengine.runner.checkpoint import load_checkpoint
+            load_checkpoint(fresh, str(path), strict=True)
+        got = fresh.state_dict()
+        assert got.keys() == expected.keys()
+        for k, v in expected.items():
+            torch.testing.assert_close(got[k], v, rtol=0, atol=0, msg=f"{load}: {k}")
+
+
+def test_detector_checkpoint_that_does_not_fit_or_is_not_a_checkpoint_says_so_in_one_line(tmp_path):
+    cfg = Config.fromfile(os.path.join(CONFIGS, "demo/faster-rcnn_r18_fpn_demo.py"))
+    model = MODELS.build(cfg.model)
+    state = model.state_dict()
+    del state["backbone.body.layer2.0.bn1.weight"]
+    torch.save({"state_dict": state}, tmp_path / "partial.pth")
+    with pytest.raises(models.CheckpointMismatchError, match=r"missing keys \(1\): backbone.body.layer2.0.bn1.weight"):
+        load_detector_checkpoint(model, str(tmp_path / "partial.pth"))
+    (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(models.CheckpointMismatchError) as info:
+        load_detector_checkpoint(model, str(tmp_path / "garbage.pth"))
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path}/garbage.pth is not a readable PyTorch checkpoint")
+    assert "\n" not in message and "weights_only" not in message
+
+
+def _demo_cfg(root: str, config: str = "demo/faster-rcnn_od4x-r18_fpn_demo.py") -> Config:
     cfg = Config.fromfile(os.path.join(CONFIGS, config))
     for stage in ("train", "val", "test"):
         cfg[f"{stage}_dataloader"]["dataset"]["data_root"] = root + "/"
@@ -198,7 +274,7 @@ def test_bad_data_files_are_named(demo_root, tmp_path):
 
 
 def test_train_command_reports_a_missing_annotation_file_in_one_line(tmp_path):
-    cmd = [sys.executable, "-m", "detection.train", os.path.join(CONFIGS, "demo/faster-rcnn_r50_fpn_demo.py"),
+    cmd = [sys.executable, "-m", "detection.train", os.path.join(CONFIGS, "demo/faster-rcnn_r18_fpn_demo.py"),
            "--work-dir", str(tmp_path), "--cfg-options", f"train_dataloader.dataset.data_root={tmp_path}/"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -206,14 +282,14 @@ def test_train_command_reports_a_missing_annotation_file_in_one_line(tmp_path):
                                   "(train_dataloader.dataset.ann_file)"
 
 
-def _ground_truth_as_predictions(ann_file: str, shift: float = 0.0) -> list[dict]:
+def _ground_truth_as_predictions(ann_file: str, shift: float = 0.0, empty: bool = False) -> list[dict]:
     from pycocotools.coco import COCO
 
     coco = COCO(ann_file)
     samples = []
     for img_id in coco.getImgIds():
         info = coco.imgs[img_id]
-        anns = coco.imgToAnns[img_id]
+        anns = [] if empty else coco.imgToAnns[img_id]
         boxes = torch.tensor([[a["bbox"][0] + shift, a["bbox"][1], a["bbox"][0] + a["bbox"][2] + shift,
                                a["bbox"][1] + a["bbox"][3]] for a in anns]).reshape(-1, 4)
         masks = torch.stack([torch.from_numpy(coco.annToMask(a)).bool() for a in anns]) if anns else \
@@ -243,3 +319,55 @@ def test_coco_metric_scores_ground_truth_as_1_and_reports_12_numbers(demo_root, 
     # Boxes moved sideways by 4 px must lose AP at strict IoU: the metric measures, it does not echo.
     shifted = evaluate(_ground_truth_as_predictions(ann_file, shift=4.0), "shifted")
     assert shifted["bbox_AP"] < 0.9 and shifted["segm_AP"] == 1.0
+    # No box on the whole set scores 0 (mmdet would report no AP at all), with a one-line warning.
+    none = evaluate(_ground_truth_as_predictions(ann_file, empty=True), "none")
+    assert set(none) == set(exact) | {"warning"}
+    assert none["bbox_AP"] == 0.0 and none["segm_AP"] == 0.0 and none["bbox_AR_100"] == 0.0
+    assert none["warning"].startswith("the detector output no boxes on any of the 6 test images, so AP and AR are 0")
+    assert "\n" not in none["warning"]
+
+
+def test_temperature_hook_anneals_every_odconv_layer_from_init_to_1():
+    from types import SimpleNamespace
+
+    from mmengine.logging import MessageHub
+
+    from detection.hooks import ODConvTemperatureHook
+
+    backbone = MODELS.build(dict(type="OD_ResNet", depth=18, kernel_num=4))
+    layers = [m for m in backbone.modules() if isinstance(m, ODConv2d)]
+    runner = SimpleNamespace(model=backbone, train_dataloader=range(10), max_epochs=4, iter=0,
+                             message_hub=MessageHub.get_instance("test_temperature_hook"))
+    hook = ODConvTemperatureHook(init=31.0, epochs=2)
+    hook.before_train(runner)
+    seen = []
+    for it in range(30):  # 3 epochs of 10 iterations
+        runner.iter = it
+        hook.before_train_iter(runner, it % 10)
+        assert len({m.temperature for m in layers}) == 1
+        seen.append(layers[0].temperature)
+    assert seen[0] == pytest.approx(1 + 30 * 19 / 20)  # the released schedule: linear over 2 epochs x 10 iterations
+    assert all(a > b for a, b in zip(seen[:20], seen[1:20])) and seen[19:] == [1.0] * 11
+    assert runner.message_hub.get_scalar("train/temperature").current() == 1.0
+    with pytest.raises(ValueError, match=r"epochs \(5\) must not exceed train_cfg.max_epochs \(4\)"):
+        ODConvTemperatureHook(init=30.0, epochs=5).before_train(runner)
+
+
+def test_seed_given_twice_with_different_values_is_an_error():
+    config = os.path.join(CONFIGS, "demo/faster-rcnn_r18_fpn_demo.py")
+    assert load_config(config).randomness.seed == 0  # seeded by default
+    assert load_config(config, seed=7).randomness.seed == 7
+    assert load_config(config, {"randomness.seed": 3}).randomness.seed == 3
+    with pytest.raises(ConfigError, match="--seed 7 and --cfg-options randomness.seed=3 disagree"):
+        load_config(config, {"randomness.seed": 3}, seed=7)
+
+
+@pytest.mark.parametrize("command", ["detection.train", "detection.test"])
+def test_missing_detection_stack_is_one_line_saying_how_to_install_it(command):
+    # sys.modules[name] = None makes `import name` fail, as on a machine where the stack was never installed.
+    code = f"import sys; sys.modules['mmdet'] = None; from {command} import main; main(['cfg.py', 'ckpt.pth'])"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: the detection stack is not installed (mmdet: ")
+    assert "bash scripts/setup_mmdet.sh .venv" in proc.stderr and "make setup-detection" in proc.stderr

@@ -1,5 +1,0 @@
-# Demo-sized twin of ../faster-rcnn_od4x-r50_fpn_1x_coco.py: the static twin's demo config (ResNet18, thin FPN and heads,
-# 10 classes, random init) with the backbone turned into ResNet18 + ODConv (4x); everything else is shared.
-_base_ = './faster-rcnn_r50_fpn_demo.py'
-
-model = dict(backbone=dict(type='OD_ResNet', kernel_num=4, reduction=0.0625))

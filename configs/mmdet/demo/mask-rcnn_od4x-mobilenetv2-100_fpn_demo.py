@@ -1,5 +1,0 @@
-# Demo-sized twin of ../mask-rcnn_od4x-mobilenetv2-100_fpn_1x_coco.py: the static twin's demo config (MobileNetV2 0.5x,
-# thin FPN and heads, 10 classes, random init) with the backbone turned into MobileNetV2 + ODConv (4x).
-_base_ = './mask-rcnn_mobilenetv2-100_fpn_demo.py'
-
-model = dict(backbone=dict(type='OD_MobileNetV2', kernel_num=4, reduction=0.0625))
