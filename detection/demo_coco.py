@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
+
+from train.atomic import atomic_write  # stdlib only: no training stack is imported
 
 CLASSES = tuple(str(d) for d in range(10))
 DEFAULT_ROOT = "data/demo_coco"
@@ -74,9 +75,8 @@ def _make_split(
 
 
 def _write_json(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)  # a reader never sees half a file
+    with atomic_write(path) as f:  # a reader never sees half a file
+        f.write(json.dumps(obj))
 
 
 def make_demo_coco(root: str = DEFAULT_ROOT, num_train: int = 400, num_val: int = 100, size: int = 64,

@@ -10,7 +10,6 @@ exactly; on GPUs add `randomness.deterministic=True` (slower) for bit-identical 
 from __future__ import annotations
 
 import json
-import os
 import os.path as osp
 from typing import Optional
 
@@ -18,6 +17,8 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 from . import plugins  # noqa: F401  (torch-compat fixes and registration of our modules happen on import)
+from train.atomic import atomic_write  # stdlib only: no training stack is imported
+
 from .checkpoint import load_detector_checkpoint
 
 DEFAULT_SEED = 0
@@ -122,7 +123,6 @@ def test(cfg: Config, checkpoint: str, out_prefix: Optional[str] = None) -> dict
     load_detector_checkpoint(runner.model, checkpoint)
     metrics = runner.test()
     if runner.rank == 0:
-        os.makedirs(osp.dirname(out_prefix) or ".", exist_ok=True)
         # Numbers as floats; a metric's warning (e.g. no detections at all) as its text.
         _write_json(f"{out_prefix}.metrics.json",
                     {k: v if isinstance(v, str) else float(v) for k, v in metrics.items()})
@@ -130,10 +130,8 @@ def test(cfg: Config, checkpoint: str, out_prefix: Optional[str] = None) -> dict
 
 
 def _write_json(path: str, obj: dict) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
+    with atomic_write(path) as f:  # a reader never sees half a file
         json.dump(obj, f, indent=1)
-    os.replace(tmp, path)  # a reader never sees half a file
 
 
 def _as_list(x) -> list:
