@@ -103,3 +103,21 @@ def test_profile_attributes_forward_time_to_the_formulations_the_dispatch_chose(
     model = timm.create_model("od_resnet18", kernel_num=1, num_classes=10).train()
     used = Counter(row.formulation for row in odconv.explain(model, torch.randn(2, 3, 32, 32)))
     assert profiled == dict(used) and sum(used.values()) == 16  # every 3x3 conv of the 8 blocks
+
+
+def test_kernel_only_probe_prints_every_formulation_and_the_rules_pick(capsys, monkeypatch):
+    """scripts/bench_kernel_only.py (BENCHMARKS.md "CondConv and DyConv"): one row per shape, a ratio per
+    formulation, and the rules send a kernel-only layer whose kernel dwarfs its 1x1 maps to `columns`."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("bench_kernel_only", "scripts/bench_kernel_only.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys, "argv", ["bench_kernel_only.py", "--shapes", "4x64x1", "--repeats", "1"])
+    module.main()
+    header, row = capsys.readouterr().out.strip().splitlines()
+    assert header.split()[3:9] == ["grouped", "folded", "bmm", "feature", "columns", "taps"]
+    cells = row.split()
+    assert cells[0] == "4x64x1" and cells[-1] == "columns"
+    assert all(c.endswith("x") for c in cells[2:8])
