@@ -175,7 +175,7 @@ class ODAttention(nn.Module):
         b = x.shape[0]
         s = F.linear(global_avg_pool(x), self.fc.weight.flatten(1), self.fc.bias)  # GAP, then the squeeze fc
         if self.bn is not None:
-            if self.training and b == 1:
+            if self.bn.training and b == 1:  # the BN's own mode: mmdet's norm_eval puts only the BNs in eval mode
                 # torch's own message ("Expected more than 1 value per channel") names neither the layer nor a fix.
                 raise ValueError(
                     f"{_describe_layer(self)}: a training-mode batch of one sample cannot go through the attention's "

@@ -221,8 +221,10 @@ def test_export_of_od_resnet18_takes_the_inference_choices_without_tuning(fresh)
     calls = len(fresh.calls)
     program = torch.export.export(model, (x,))
     assert len(fresh.calls) == calls  # nothing timed while exporting
-    # Export traces with autograd on, but takes the inference keys' choices: the same computation as eager.
-    assert rel_err(program.module()(x), expected) == 0.0
+    # Export traces with autograd on, but takes the inference keys' choices. Eager inference also folds the attention
+    # BatchNorm into cached weights (odconv/attention.py), which the traced program computes unfolded: equal within
+    # float32 rounding, not bit for bit.
+    assert rel_err(program.module()(x), expected) < 1e-5
 
 
 def test_decide_explains_rule_choice_when_measuring_is_not_allowed(fresh, monkeypatch):
