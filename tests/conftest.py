@@ -48,3 +48,17 @@ def run_train(args: list[str], *, cwd: Path = REPO, env: dict | None = None, tim
     cmd = (launcher or [sys.executable]) + [str(REPO / "train.py"), *args]
     full_env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled", **(env or {})}
     return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout, **popen)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The quick subset (`make test-fast`, `-m "not slow"`) runs every test function once: besides the end-to-end
+    runs marked `slow` where they are written, every case of a parametrized grid but its first is marked `slow`
+    here (formulations x shapes, experiment files, ...). `make test` and CI run every case."""
+    seen = set()
+    for item in items:
+        if not hasattr(item, "callspec"):
+            continue
+        key = (str(item.path), item.originalname)
+        if key in seen:
+            item.add_marker(pytest.mark.slow)
+        seen.add(key)

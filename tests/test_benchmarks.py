@@ -28,6 +28,7 @@ def _restore_threads():
     torch.set_num_threads(n)
 
 
+@pytest.mark.slow
 def test_layer_section_prints_a_ratio_for_every_variant_and_the_dispatch_choice(capsys, tmp_path):
     out_file = tmp_path / "benchmarks" / "layers.txt"
     bench_odconv.main(["--section", "layers", "--res", "32", "--zoo", "od_resnet18", "--quick", "--repeats", "1",
@@ -53,6 +54,7 @@ def test_layer_section_prints_a_ratio_for_every_variant_and_the_dispatch_choice(
     assert re.match(r"\d+ time rows; chosen formulation over released: median", capsys.readouterr().out)
 
 
+@pytest.mark.slow
 def test_cpu_probes_print_throughput_and_the_fresh_memory_ratio(capsys):
     bench_cpu_probes.main(["--threads", "1"])
     out = capsys.readouterr().out
@@ -93,6 +95,7 @@ def test_summary_of_a_saved_layer_table_lists_rows_where_the_rules_lose(tmp_path
     assert "fwd+bwd  released   4.00  taps 6.00" in out
 
 
+@pytest.mark.slow
 def test_profile_attributes_forward_time_to_the_formulations_the_dispatch_chose(capsys):
     bench_odconv.main(["--profile", "od_resnet18:1:2:32", "--threads", "1"])
     out = capsys.readouterr().out

@@ -273,6 +273,7 @@ def test_bad_data_files_are_named(demo_root, tmp_path):
         check_data(cfg, ("val",))
 
 
+@pytest.mark.slow
 def test_train_command_reports_a_missing_annotation_file_in_one_line(tmp_path):
     cmd = [sys.executable, "-m", "detection.train", os.path.join(CONFIGS, "demo/faster-rcnn_r18_fpn_demo.py"),
            "--work-dir", str(tmp_path), "--cfg-options", f"train_dataloader.dataset.data_root={tmp_path}/"]

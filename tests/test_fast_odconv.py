@@ -234,6 +234,7 @@ def test_explain_reports_every_layer_and_honours_forcing():
     odconv.set_dispatch("auto")
 
 
+@pytest.mark.slow
 def test_torch_compile_full_graph_matches_eager():
     torch._dynamo.reset()
     for f in (None, "columns", "folded"):

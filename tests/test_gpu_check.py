@@ -85,6 +85,7 @@ def test_a_formulation_outside_its_tolerance_fails_the_section(monkeypatch, caps
     assert out.rstrip().endswith("FAILED: see the cells marked FAIL.")
 
 
+@pytest.mark.slow
 def test_a_hung_section_is_killed_with_its_child_processes_at_its_time_limit():
     # The section starts a grandchild that would keep the output pipe open for a minute (as torchrun's workers
     # would): the whole process group goes.
