@@ -363,6 +363,7 @@ def test_seed_given_twice_with_different_values_is_an_error():
         load_config(config, {"randomness.seed": 3}, seed=7)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["detection.train", "detection.test"])
 def test_missing_detection_stack_is_one_line_saying_how_to_install_it(command):
     # sys.modules[name] = None makes `import name` fail, as on a machine where the stack was never installed.

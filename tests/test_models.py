@@ -98,6 +98,7 @@ def test_paper_comparison_rows_by_hand():
     assert round((dyconv + sum(3 * i * o + i * (i // 4) + (i // 4) * 4 + 4 for i, o in shortcuts)) / 1e6, 2) == 45.47
 
 
+@pytest.mark.slow
 def test_published_rows_match_our_models():
     """Every published row names a zoo model whose exact count rounds to the published figure: a typo in the
     table or a change in the architecture fails here."""

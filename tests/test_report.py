@@ -85,6 +85,7 @@ def tables(md: str) -> dict[str, list[dict[str, str]]]:
     return out
 
 
+@pytest.mark.slow
 def test_seeds_of_one_configuration_are_grouped_and_sorted_within_their_backbone(runs, tmp_path):
     md, _ = report.write_report([runs], tmp_path / "out")
     t = tables(md.read_text())
@@ -109,6 +110,7 @@ def test_seeds_of_one_configuration_are_grouped_and_sorted_within_their_backbone
     assert "- `/data/train/7/cut.png`" in md.read_text()
 
 
+@pytest.mark.slow
 def test_html_has_the_grouped_chart_and_curves_labelled_by_model_and_seed(runs, tmp_path):
     _, page = report.write_report([runs], tmp_path / "out")
     text = page.read_text()
