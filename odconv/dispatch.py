@@ -123,7 +123,7 @@ def choose(shape: LayerShape, device_type: str = "cpu", training: bool = True) -
         return "taps"
     if small:
         # Also without a spatial attention (CondConv, DyConv, ablations): at 32px ResNet18's 1x1 maps the grouped
-        # conv of a (64, 512, 512, 3, 3) per-sample kernel took 10.9 s per step against 0.43 s for columns.
+        # conv costs 30x columns (scripts/bench_kernel_only.py, BENCHMARKS.md).
         return "columns"
     return "folded" if pixels_out >= LARGE_PIXELS else "grouped"
 
