@@ -34,7 +34,7 @@ import torch
 from . import tuning
 from .formulations import FORMULATIONS, LayerShape, candidates, get
 
-__all__ = ["Decision", "LayerShape", "MODES", "choose", "decide", "get_dispatch", "measures", "recording", "resolve",
+__all__ = ["Decision", "LayerShape", "MODES", "choose", "decide", "get_dispatch", "measures", "recording",
            "select", "set_dispatch", "use_formulation"]
 
 MODES = ("rules", "measured", "auto")
@@ -194,13 +194,3 @@ def recording(label: Callable[[], str] = str) -> Iterator[list[tuple[str, LayerS
         yield calls
     finally:
         _recorders.pop()
-
-
-def resolve(layer_choice: Optional[str], shape: LayerShape, device_type: str, training: bool) -> str:
-    """From a shape alone (no tensors, so nothing can be measured): the forced formulation, else the rules."""
-    if layer_choice is not None:
-        get(layer_choice)
-    for name in (layer_choice, _current_forced()):
-        if name is not None and get(name).can_compute(shape):
-            return name
-    return choose(shape, device_type, training)
