@@ -163,7 +163,8 @@ def result_row(run: Run) -> dict[str, str]:
     m = run_metrics(run)
     ema = [r for r in run.val if r.get("ema") and r.get("top1") is not None]
     row = _paper_row(run)
-    epochs_planned = s.get("epochs", run.get("trainer.epochs"))
+    # The summary's `epochs` is how many ran (a stopped run has fewer); the plan is the config's.
+    epochs_planned = run.get("trainer.epochs", s.get("epochs"))
     epochs_done = max((r.get("epoch", -1) for r in run.val), default=-1) + 1
     logged_skips = max([r.get("skipped_images") or 0 for r in run.train] + [s.get("skipped_images") or 0])
     return {
@@ -286,11 +287,13 @@ def model_macs(run: Run) -> float | None:
 
 
 def _mean_std(values: list[float], digits: int = 2) -> str:
+    """mean ± sample std; one value has no spread to show ("± 0.00" would claim a measured zero)."""
     if not values:
         return DASH
     mean = statistics.fmean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    if len(values) == 1:
+        return f"{mean:.{digits}f} ± {DASH}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def group_row(group: Group) -> dict[str, str]:

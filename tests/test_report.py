@@ -57,10 +57,11 @@ def runs(tmp_path):
     write_run(root / "r18_static", model="static_resnet18", kernel_num=0, data="imagenet", epochs=3,
               val_top1=[50.0, 71.0, 72.0], summary=dict(model="static_resnet18", kernel_num=0, params=11_689_512,
                                                         best_top1=72.0, best_top5=90.0, epochs=3, status="completed"))
-    write_run(root / "r50_static", model="static_resnet50", kernel_num=0, data="imagenet", epochs=2,
+    # Stopped after 2 of its 4 epochs: the summary's `epochs` counts the epochs that ran.
+    write_run(root / "r50_static", model="static_resnet50", kernel_num=0, data="imagenet", epochs=4,
               val_top1=[60.0, 77.0], ema_top1=[61.0, 77.5],
               summary=dict(model="static_resnet50", kernel_num=0, params=25_557_032, best_top1=77.0, best_top5=93.1,
-                           final_top1=77.0, final_top5=93.1, epochs=2, global_batch_size=256, status="completed"))
+                           final_top1=77.0, final_top5=93.1, epochs=2, global_batch_size=256, status="stopped"))
     # An unfinished demo run whose process died mid-line and which was resumed: duplicated records for epoch 1.
     write_run(root / "demo", model="od_resnet18", kernel_num=1, data="demo", epochs=5, val_top1=[50.0, 81.25],
               cut_last_line=True)
@@ -97,7 +98,7 @@ def test_seeds_of_one_configuration_are_grouped_and_sorted_within_their_backbone
     assert od["Top-1"] == f"{statistics.fmean(seeds):.2f} ± {statistics.stdev(seeds):.2f}"
     assert (od["K"], od["Top-5"], od["Params (M)"], od["Images/s"]) == ("4", "91.60 ± 0.00", "44.90 ± 0.00", "110 ± 10")
     assert od["Paper top-1"] == "74.19" and od["Δ top-1"] == f"{statistics.fmean(seeds) - 74.19:+.2f}"
-    assert static["Top-1"] == "72.00 ± 0.00" and r50["Paper top-1"] == "76.23" and demo["Paper top-1"] == "—"
+    assert static["Top-1"] == "72.00 ± —" and r50["Paper top-1"] == "76.23" and demo["Paper top-1"] == "—"  # n = 1
     assert od["MACs (M)"].endswith("± 0.0") and float(od["MACs (M)"].split()[0]) > float(static["MACs (M)"].split()[0])
     assert od["Configuration"] == "od_resnet18 kernel_num=4 data.name=imagenet trainer.epochs=3"  # what differs between groups
     runs_table = {r["Run"]: r for r in t["Runs"]}
@@ -106,6 +107,8 @@ def test_seeds_of_one_configuration_are_grouped_and_sorted_within_their_backbone
     resumed = runs_table[f"{demo['Configuration']} seed 0"]  # no summary yet: the metrics; the later record wins
     assert (resumed["Top-1"], resumed["Status"], resumed["Epochs"], resumed["Paper row"]) == ("82.50", "running", "2/5",
                                                                                              "—")
+    stopped = next(r for r in t["Runs"] if r["Model"] == "static_resnet50")
+    assert (stopped["Epochs"], stopped["Status"]) == ("2/4", "stopped")
     assert resumed["Skipped images"] == "3"  # distinct files from skipped_images.txt, not the 12 read attempts
     assert "- `/data/train/7/cut.png`" in md.read_text()
 
