@@ -17,7 +17,8 @@ project's 2-core CPU machine, torch 2.14.1 (BENCHMARKS.md, "ODConv operator and 
   (the static conv between two scalings) for K = 1 or where the per-sample kernel is 4x the feature maps
   (K > 1: the K stacked kernels cost K times the MACs), else ``grouped``.
 - kh x kw, K = 1, stride 1, below 28x28 outputs: ``taps`` (one GEMM shared by the batch, the static conv's MACs,
-  the attentions weight kh*kw shifted additions; taps that only see padding are skipped).
+  the attentions weight kh*kw shifted additions; taps that only see padding are skipped); also any K, with or
+  without spatial attention, on a 1x1 map, where only the centre tap sees data.
 - other kh x kw: ``columns`` where out_channels >= 4 * output pixels (the per-sample kernel dwarfs the feature
   maps, and the grouped conv's B tiny convolutions are slowest: released is 10-300x the static conv there),
   else ``folded`` from 28x28 outputs up, ``grouped`` between.
@@ -98,7 +99,12 @@ def choose(shape: LayerShape, device_type: str = "cpu", training: bool = True) -
         # more than scaling the small feature maps (3 passes over O*C*kh*kw vs a conv of O*C*kh*kw*H*W MACs).
         return "grouped"
     small = shape.out_channels >= COLUMNS_CHANNEL_RATIO * pixels_out
-    taps = shape.has_spatial and shape.kernel_num == 1 and (sh, sw) == (1, 1) and pixels_out < LARGE_PIXELS
+    # On a 1x1 map only the centre tap of a same-padded kernel sees data: `taps` is then one GEMM of K times the
+    # static conv's MACs and K additions, for any K, with or without a spatial attention (CondConv 8x at ResNet18's
+    # 32px stage 4: taps 0.8x the static conv, columns 4.8x; scripts/bench_kernel_only.py).
+    centre_only = pixels_in == 1 and (kh, kw) != (1, 1)
+    taps = (sh, sw) == (1, 1) and pixels_out < LARGE_PIXELS and (
+        (shape.has_spatial and shape.kernel_num == 1) or centre_only)
     if device_type != "cpu":
         # GPU plan (BENCHMARKS.md, unmeasured): cuDNN's grouped conv is slow for groups = B, GEMMs shared by the
         # batch (taps, columns) or batched (cuBLAS) are not, and shifting or unfolding costs bandwidth a GPU has.
