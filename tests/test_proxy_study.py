@@ -1,4 +1,4 @@
-"""scripts/proxy_study.sh, the proxy study's one command, in a tiny mode: one seed, two models, two steps each."""
+"""scripts/proxy_study.sh, the proxy study's one command, in a tiny mode: one seed, three models, two steps each."""
 from __future__ import annotations
 
 import os
@@ -12,30 +12,48 @@ from conftest import REPO, TINY
 from test_report import tables
 
 
+def _study(out, cache_dir, models: str):
+    shrink = [a for a in TINY if a not in ("model=resnet18", "trainer.threads=1")] + [
+        "trainer.epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", f"paths.cache_dir={cache_dir}"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled", "PYTHON": sys.executable, "SEEDS": "0",
+           "MODELS": models, "JOBS": "2"}
+    return subprocess.run(["bash", str(REPO / "scripts" / "proxy_study.sh"), str(out), *shrink], env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
 @pytest.mark.slow
 def test_proxy_study_trains_each_model_with_the_demo_schedule_and_writes_the_grouped_report(cache_dir, tmp_path):
     out = tmp_path / "study"
-    shrink = [a for a in TINY if a != "model=resnet18"] + [
-        "trainer.epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", f"paths.cache_dir={cache_dir}"]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled", "PYTHON": sys.executable, "SEEDS": "0",
-           "MODELS": "resnet18,dyconv_resnet18"}
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "proxy_study.sh"), str(out), *shrink], env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = _study(out, cache_dir, "static,dyconv4x,od1x")
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
     md = (out / "report" / "results.md").read_text()
     groups = tables(md)["Configurations (mean ± std over seeds)"]
-    assert sorted(g["Configuration"].split()[0] for g in groups) == ["dyconv_resnet18", "static_resnet18"], md
-    assert [g["n"] for g in groups] == ["1", "1"] and all(g["Top-1"] != "—" for g in groups), md
-    assert {r["Run"].split()[0] for r in tables(md)["Runs"]} == {"dyconv_resnet18", "static_resnet18"}
+    assert sorted(g["Configuration"].split()[0] for g in groups) == ["dyconv_resnet18", "od_resnet18",
+                                                                    "static_resnet18"], md
+    assert [g["n"] for g in groups] == ["1", "1", "1"] and all(g["Top-1"] != "—" for g in groups), md
     page = (out / "report" / "results.html").read_text()
     assert 'alt="top-1 per configuration, mean and std over seeds"' in page
 
-    # Every run took the demo's temperature schedule, not the one its model option carries (the paper's 10 epochs).
+    # Every run took the demo's temperature schedule, not the one its model option carries (the paper's 10 epochs),
+    # and ODConv the demo's attention norm; one directory per label and seed, one thread each.
     demo = yaml.safe_load((REPO / "configs" / "model" / "demo.yaml").read_text())
-    configs = [yaml.safe_load(p.read_text()) for p in sorted(out.glob("*/config.yaml"))]
-    assert sorted(c["model"]["name"] for c in configs) == ["dyconv_resnet18", "static_resnet18"]
-    for c in configs:
+    configs = {p.parent.name: yaml.safe_load(p.read_text()) for p in out.glob("*/config.yaml")}
+    assert sorted(configs) == ["dyconv4x-seed0", "od1x-seed0", "static-seed0"]
+    for c in configs.values():
         assert c["model"]["temperature_init"] == demo["temperature_init"]
         assert c["model"]["temperature_epochs"] == demo["temperature_epochs"]
-        assert c["run_name"] == "proxy_study" and c["trainer"]["seed"] == 0
+        assert c["run_name"] == "proxy_study" and c["trainer"]["seed"] == 0 and c["trainer"]["threads"] == 1
+    assert configs["od1x-seed0"]["model"]["attention_norm"] == demo["attention_norm"]
+    assert configs["dyconv4x-seed0"]["model"]["attention_norm"] is None  # not an argument of DyConv
+
+    # The same command again continues the study: finished runs are not trained twice.
+    first = {label: (out / label / "summary.json").read_text() for label in configs}
+    again = _study(out, cache_dir, "static,dyconv4x,od1x")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert {label: (out / label / "summary.json").read_text() for label in configs} == first
+
+
+def test_proxy_study_names_an_unknown_model_label(cache_dir, tmp_path):
+    proc = _study(tmp_path / "study", cache_dir, "static,resnet18")
+    assert proc.returncode == 2 and "MODELS: unknown label 'resnet18'" in proc.stderr

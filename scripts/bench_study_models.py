@@ -1,0 +1,50 @@
+"""CPU seconds per training step of the proxy study's ResNet18s (static, ODConv 1x/4x, DyConv 4x, CondConv 8x).
+
+    python scripts/bench_study_models.py [--threads 1] [--batch 64] [--size 32] [--repeats 3]
+
+One step = forward, cross-entropy, backward and an SGD step on random data, on the process's CPU time (repeatable on
+a loaded machine), the minimum over --repeats after a warm-up step. Times the rules' dispatch of this checkout; to
+compare two commits, run it in each.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import timm
+import torch
+
+import models  # noqa: F401  registers the zoo
+
+MODELS = {"static": ("static_resnet18", {}), "od1x": ("od_resnet18", dict(kernel_num=1)),
+          "od4x": ("od_resnet18", dict(kernel_num=4)), "dyconv4x": ("dyconv_resnet18", {}),
+          "condconv8x": ("condconv_resnet18", {})}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=3)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    x = torch.randn(a.batch, 3, a.size, a.size)
+    y = torch.randint(0, 10, (a.batch,))
+    print(f"batch {a.batch}, {a.size}px, {a.threads} thread(s): CPU seconds per training step")
+    for label, (name, kwargs) in MODELS.items():
+        model = timm.create_model(name, num_classes=10, **kwargs)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        times = []
+        for _ in range(a.repeats + 1):
+            start = time.process_time()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+            times.append(time.process_time() - start)
+        print(f"{label:>11s} {min(times[1:]):6.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
