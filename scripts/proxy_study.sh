@@ -46,7 +46,8 @@ for seed in ${seeds//,/ }; do
   for label in ${models//,/ }; do
     [[ -n "${option[$label]:-}" ]] || { echo "error: MODELS: unknown label '$label' (one of ${!option[*]})" >&2; exit 2; }
     # One line per run: its directory, then its overrides (the study's, the model's, the caller's).
-    printf '%s\n' "paths.run_dir=$out/$label-seed$seed trainer.seed=$seed trainer.threads=1 run_name=proxy_study ${temperature//,/ } ${option[$label]} $*" >> "$list"
+    # No trailing blank: xargs -L would join the next line to this one.
+    printf '%s\n' "paths.run_dir=$out/$label-seed$seed trainer.seed=$seed trainer.threads=1 run_name=proxy_study $* ${temperature//,/ } ${option[$label]}" >> "$list"
   done
 done
 
