@@ -57,3 +57,26 @@ def test_proxy_study_trains_each_model_with_the_demo_schedule_and_writes_the_gro
 def test_proxy_study_names_an_unknown_model_label(cache_dir, tmp_path):
     proc = _study(tmp_path / "study", cache_dir, "static,resnet18")
     assert proc.returncode == 2 and "MODELS: unknown label 'resnet18'" in proc.stderr
+
+
+def test_proxy_study_starts_one_train_py_per_run_also_without_overrides(tmp_path):
+    """With no caller overrides each job line must still be one run (xargs -L joins a line ending in a blank to
+    the next one: that once made the whole study a single run). A stand-in python records each train.py call."""
+    fake = tmp_path / "python"
+    calls = tmp_path / "calls.txt"
+    fake.write_text(f"""#!/usr/bin/env bash
+case "$1" in
+  */train.py) shift; echo "$*" >> {calls} ;;
+  */report.py) ;;
+  *) exec {sys.executable} "$@" ;;
+esac
+""")
+    fake.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(fake), "SEEDS": "0,1", "MODELS": "static,od1x_bn"}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "proxy_study.sh"), str(tmp_path / "study")], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    runs = sorted(line.split()[0] for line in calls.read_text().splitlines())
+    assert runs == [f"paths.run_dir={tmp_path / 'study'}/{label}-seed{seed}"
+                    for label, seed in [("od1x_bn", 0), ("od1x_bn", 1), ("static", 0), ("static", 1)]]
+    assert all(line.endswith(("model=resnet18", "model.attention_norm=batch")) for line in calls.read_text().splitlines())
