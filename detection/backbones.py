@@ -14,7 +14,9 @@ the same. Its affine weights still train, as for every other BN under `norm_eval
 images give (on the demo set after 200 iterations: mean |z| 5, up to 276 standard deviations at test time), so
 test-time attentions differ from every training-time one. Annealing the temperature (`ODConvTemperatureHook`, as
 the classification recipe) cured it in our measurement; `attention_norm_eval=True` (statistics frozen at their
-initial values: a trained affine map, the same in training and at test time) is the other way out.
+initial values: a trained affine map, the same in training and at test time) is the other way out, and
+`attention_norm='layer'` (a per-sample norm, no batch statistics; a model argument passed through) is the one the
+demo configs use: docs/detection.md has the box AP of each.
 """
 from __future__ import annotations
 
