@@ -9,11 +9,10 @@ import math
 from typing import Callable, Optional, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
-from .attention import ATTENTIONS, ODAttention, check_attention_args, is_inference_call
+from .attention import ATTENTIONS, ODAttention, check_attention_args
 from .dispatch import select
 from .formulations import LayerShape
 from .functional import odconv2d
@@ -113,41 +112,7 @@ class DynamicConv2d(nn.Module):
         return odconv2d(*args, bias, select(self.formulation, *args))
 
     def forward(self, x: Tensor) -> Tensor:
-        if is_inference_call(self) and self.formulation is None and x.shape[0] == 1 and self._kernel_is_smaller(x):
-            return self._single_sample_inference(x)
         return self._conv_forward(x, self.weight, self.bias)
-
-    def _kernel_is_smaller(self, x: Tensor) -> bool:
-        """Whether this layer's kernel has fewer elements than its input and output maps for one sample."""
-        h, w = x.shape[-2:]
-        maps = (self.in_channels + self.out_channels // (self.stride[0] * self.stride[1])) * h * w
-        return self.weight.numel() // self.kernel_num <= maps
-
-    def _single_sample_inference(self, x: Tensor) -> Tensor:
-        """One sample, no autograd, kernel smaller than the maps: every attention folded into one kernel, then one
-        static conv. The formulations scale the maps by a_c and a_f instead (two passes over them), which is the
-        cheaper choice only where the kernel is the larger (batch-1 eval of MobileNetV2 and of ResNet's 56x56
-        to 14x14 stages); nothing is kept for a backward pass here, so no custom autograd function is needed."""
-        att = self.attention(x)
-        k, o, cg, kh, kw = self.weight.shape
-        w = self.weight[0] if att.kernel is None else (att.kernel @ self.weight.view(k, -1)).view(o, cg, kh, kw)
-        g = self.groups
-        scale = None
-        if att.channel is not None:  # a_c of input channel j of output o's group, as an (O or 1, I/g) grid
-            if g == 1:
-                scale = att.channel.view(1, cg, 1, 1)
-            elif g == o:  # one output channel per group (depthwise): its own I/g input channels
-                scale = att.channel.view(o, cg, 1, 1)
-            else:
-                scale = att.channel.view(g, 1, cg).expand(g, o // g, cg).reshape(o, cg, 1, 1)
-        if att.filter is not None:
-            a_f = att.filter.view(o, 1, 1, 1)
-            scale = a_f if scale is None else scale * a_f
-        if scale is not None:
-            w = w * scale
-        if att.spatial is not None:
-            w = w * att.spatial.view(1, 1, kh, kw)
-        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, g)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"

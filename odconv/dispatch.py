@@ -10,8 +10,10 @@ project's 2-core CPU machine, torch 2.14.1 (BENCHMARKS.md, "ODConv operator and 
 
 - depthwise: ``folded`` (the grouped conv over B*C channels is an ordinary depthwise conv; same time as released,
   no per-sample kernel kept for backward); other grouped convs: ``grouped``.
-- batch 1: ``grouped``, the released formulation, which is then a static conv with a kernel built from one pass
-  over O*C*kh*kw (measured: od_resnet50 eval at batch 1, folded 0.16 s, grouped 0.13 s, static 0.10 s).
+- batch 1, inference, kernel no larger than the maps (any device, before the rules below): ``single``, every
+  attention folded into the one kernel, then a static conv.
+- batch 1 otherwise: ``grouped``, the released formulation, which is then a static conv with a kernel built from
+  one pass over O*C*kh*kw (measured: od_resnet50 eval at batch 1, folded 0.16 s, grouped 0.13 s, static 0.10 s).
 - 1x1: ``bmm`` from 56x56 up (one batched GEMM, all attentions inside the per-sample kernel); at 28x28 with
   K > 1, ``folded`` for weights of 128x128 and up, else ``bmm``; below (and at 28x28 with K = 1) ``feature``
   (the static conv between two scalings) for K = 1 or where the per-sample kernel is 4x the feature maps
@@ -80,6 +82,13 @@ FEATURE_KERNEL_RATIO = 4  # 1x1, K > 1: stacked kernels win once O*C >= 4 * (C +
 COLUMNS_CHANNEL_RATIO = 4  # the shared GEMM wins once the per-sample kernel (O*C*kh*kw) dwarfs the input (C*H*W)
 
 
+def _kernel_is_smaller(shape: LayerShape, pixels_in: int) -> bool:
+    """Whether one sample's kernel (O * C/g * kh * kw) has no more elements than its input and output maps."""
+    kh, kw = shape.kernel_size
+    kernel = shape.out_channels * (shape.in_channels // shape.groups) * kh * kw
+    return kernel <= (shape.in_channels + shape.out_channels // (shape.stride[0] * shape.stride[1])) * pixels_in
+
+
 def choose(shape: LayerShape, device_type: str = "cpu", training: bool = True) -> str:
     """The formulation the rules pick for one layer call (plain Python on shapes: no graph break)."""
     kh, kw = shape.kernel_size
@@ -88,6 +97,10 @@ def choose(shape: LayerShape, device_type: str = "cpu", training: bool = True) -
     pixels_out = ((shape.height - 1) // sh + 1) * ((shape.width - 1) // sw + 1)  # 'same'-padded output
     depthwise = shape.groups == shape.in_channels and shape.groups > 1
     pointwise = (kh, kw) == (1, 1) and (sh, sw) == (1, 1)
+    if shape.batch == 1 and not training and _kernel_is_smaller(shape, pixels_in):
+        # One sample, inference: the kernel with every attention folded in, then one static conv; scaling the
+        # maps by a_c and a_f instead costs two passes over them, more than one over the smaller kernel.
+        return "single"
     if depthwise:
         # The per-sample kernel is tiny (B*C*kh*kw) and the grouped conv is an ordinary depthwise conv over B*C
         # channels; folding every attention into it saves two passes over the feature maps and their memory.

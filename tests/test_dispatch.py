@@ -55,6 +55,17 @@ def test_rules_on_named_shapes(name):
     assert REGISTRY[expected].can_compute(shape)
 
 
+def test_batch_one_inference_folds_the_kernel_where_it_is_no_larger_than_the_maps():
+    small_kernel = L(1, 64, 64, 56, 56, (3, 3), (1, 1), 1, 4, True)  # 36,864 kernel elements, 401,408 map elements
+    large_kernel = L(1, 256, 256, 14, 14, (3, 3), (1, 1), 1, 4, True)  # 589,824 against 100,352
+    depthwise = L(1, 96, 96, 56, 56, (3, 3), (1, 1), 96, 4, True)
+    for device_type in ("cpu", "cuda"):
+        assert choose(small_kernel, device_type, training=False) == "single"
+        assert choose(depthwise, device_type, training=False) == "single"
+        assert choose(large_kernel, device_type, training=False) != "single"
+        assert choose(small_kernel, device_type, training=True) != "single"  # training keeps a formulation
+
+
 @pytest.fixture
 def fresh(tmp_path, monkeypatch):
     """Measured mode with an empty cache under tmp_path and a fake clock: `fresh.times[name]` seconds per
@@ -110,7 +121,7 @@ def test_measured_mode_picks_the_fastest_and_explain_shows_why(fresh):
     fresh.times = {fastest: 0.001, "grouped": 0.003}
     rows = odconv.explain(layer, x)
     assert (rows[0].formulation, rows[0].reason) == (fastest, "measured")
-    assert set(fresh.calls) == set(REGISTRY) - {"feature"}  # every formulation that computes a 3x3 layer
+    assert set(fresh.calls) == set(REGISTRY) - {"feature", "single"}  # every one that computes this 3x3 layer (batch > 1)
     assert rows[0].times[fastest] == pytest.approx(1.0) and rows[0].times["grouped"] == pytest.approx(3.0)
     table = odconv.format_explain(rows)
     assert f"{fastest:11s} measured {fastest}=1 grouped=3" in table

@@ -201,28 +201,34 @@ def _assert_inference_equals_eval(layer, x):
     torch.testing.assert_close(got, expected.detach(), rtol=1e-5, atol=1e-6)
 
 
+def _formulations_used(layer, x) -> list[str]:
+    with torch.no_grad(), odconv.dispatch.recording() as calls:
+        layer(x)
+    return [decision.formulation for _, _, decision in calls]
+
+
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("name", list(INFERENCE_LAYERS))
-def test_inference_equals_eval_semantics(name, batch, monkeypatch):
+def test_inference_equals_eval_semantics(name, batch):
     layer = _inference_layer(name)
     x = torch.randn(batch, layer.in_channels, 16, 16)
-    calls = []
-    fold = layer._single_sample_inference
-    monkeypatch.setattr(layer, "_single_sample_inference", lambda x: calls.append(1) or fold(x))
     _assert_inference_equals_eval(layer, x)
-    assert len(calls) == (batch == 1)  # these kernels are all smaller than their 16x16 maps
+    used = _formulations_used(layer, x)  # these kernels are all smaller than their 16x16 maps
+    assert (used == ["single"]) == (batch == 1), used
     with torch.inference_mode():  # the usual way to run inference: the same path, the same result
         torch.testing.assert_close(layer(x), layer.train(False)(x))
     if isinstance(layer.attention, odconv.ODAttention):
         assert layer.attention._folded is not None  # cached between calls
 
 
-def test_a_kernel_larger_than_its_maps_keeps_the_formulations_at_batch_one(monkeypatch):
+def test_a_kernel_larger_than_its_maps_keeps_the_formulations_at_batch_one():
     layer = _inference_layer("od-3x3-k1")
-    monkeypatch.setattr(layer, "_single_sample_inference", lambda x: pytest.fail("folded a large kernel"))
-    _assert_inference_equals_eval(layer, torch.randn(1, 16, 5, 5))  # 3456 kernel elements, 1000 map elements
+    x = torch.randn(1, 16, 5, 5)  # 3456 kernel elements, 1000 map elements
+    _assert_inference_equals_eval(layer, x)
+    assert _formulations_used(layer, x) == ["grouped"]
     layer.formulation = "grouped"  # a formulation set on the layer is always honoured
     _assert_inference_equals_eval(layer, torch.randn(1, 16, 12, 12))
+    assert _formulations_used(layer, torch.randn(1, 16, 12, 12)) == ["grouped"]
 
 
 def test_inference_cache_follows_every_change_of_the_weights():

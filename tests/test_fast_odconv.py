@@ -261,6 +261,11 @@ CORE_SHAPES = {
     "1x1": (12, 8, 1, 1, 0, 1, 3, 3, 5),
     "grouped": (8, 12, 3, 1, 1, 2, 2, 3, 6),
     "depthwise": (8, 8, 3, 1, 1, 8, 2, 3, 6),
+    # One sample: every formulation, `single` (the kernel with every attention folded in) included.
+    "3x3-one-sample": (8, 12, 3, 2, 1, 1, 3, 1, 7),
+    "grouped-one-sample": (8, 12, 3, 1, 1, 2, 2, 1, 6),
+    "depthwise-one-sample": (8, 8, 3, 1, 1, 8, 2, 1, 6),
+    "1x1-one-sample": (12, 8, 1, 1, 0, 1, 3, 1, 5),
 }
 SUBSETS = {  # which of channel, filter, spatial, kernel the call has
     "kernel-only": "k", "no-channel": "fsk", "channel-only": "c", "none": "", "channel-filter": "cf",

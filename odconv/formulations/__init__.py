@@ -9,13 +9,14 @@ A missing attention (None) is 1. Each module's docstring says how it computes th
   batch or a batched GEMM.
 - ``feature``, ``columns``, ``taps``: no per-sample kernel; one GEMM shared by the batch, the attentions on the
   feature maps, the unfolded input or the shifted tap outputs.
+- ``single``: batch 1 only; every attention folded into the one sample's kernel, then a static conv.
 
 Adding a formulation: one module defining ``FORMULATION`` (every function takes ``(x, weight, channel, filt,
 spatial, kernel, stride, padding, dilation, groups)`` and returns the output without bias), and one line below.
 """
 from __future__ import annotations
 
-from . import bmm, columns, feature, folded, grouped, taps
+from . import bmm, columns, feature, folded, grouped, single, taps
 from .common import Formulation, LayerShape
 
 REGISTRY: dict[str, Formulation] = {f.name: f for f in (
@@ -25,6 +26,7 @@ REGISTRY: dict[str, Formulation] = {f.name: f for f in (
     feature.FORMULATION,
     columns.FORMULATION,
     taps.FORMULATION,
+    single.FORMULATION,
 )}
 FORMULATIONS = tuple(REGISTRY)
 
