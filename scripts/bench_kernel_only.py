@@ -14,7 +14,7 @@ import time
 import torch
 
 import odconv
-from odconv.formulations import FORMULATIONS
+from odconv.formulations import FORMULATIONS, REGISTRY
 
 
 def _time(fn, repeats: int) -> float:
@@ -42,15 +42,17 @@ def main() -> None:
         layer = odconv.create_dynamic_conv(a.layer, c, c, 3, padding=1)
         static = torch.nn.Conv2d(c, c, 3, padding=1, bias=False)
         row = [_time(lambda: static(x).sum().backward(), a.repeats)]
+        shape = layer.layer_shape(x)
         for f in FORMULATIONS:
+            if not REGISTRY[f].can_compute(shape):  # forcing it would time the dispatch's choice instead
+                row.append(None)
+                continue
             layer.formulation = f
-            try:
-                row.append(_time(lambda: layer(x).sum().backward(), a.repeats) / row[0])
-            except ValueError:  # the formulation cannot compute this layer
-                row.append(float("nan"))
+            row.append(_time(lambda: layer(x).sum().backward(), a.repeats) / row[0])
         layer.formulation = None
         (pick,) = {r.formulation for r in odconv.explain(layer, x)}
-        print(f"{spec:>10s} {row[0] * 1e3:10.1f} " + " ".join(f"{v:8.2f}x" for v in row[1:]) + f"  {pick}")
+        cells = " ".join("        —" if v is None else f"{v:8.2f}x" for v in row[1:])
+        print(f"{spec:>10s} {row[0] * 1e3:10.1f} {cells}  {pick}")
 
 
 if __name__ == "__main__":

@@ -110,7 +110,8 @@ def test_profile_attributes_forward_time_to_the_formulations_the_dispatch_chose(
 
 def test_kernel_only_probe_prints_every_formulation_and_the_rules_pick(capsys, monkeypatch):
     """scripts/bench_kernel_only.py (BENCHMARKS.md "CondConv and DyConv"): one row per shape, a ratio per
-    formulation, and the rules send a kernel-only layer whose kernel dwarfs its 1x1 maps to `columns`."""
+    formulation that can compute the layer ("—" for `single`, one sample only), and the rules send a kernel-only
+    3x3 layer on 1x1 maps to `taps` (only the centre tap sees data)."""
     import importlib.util
     import sys
 
@@ -120,7 +121,7 @@ def test_kernel_only_probe_prints_every_formulation_and_the_rules_pick(capsys, m
     monkeypatch.setattr(sys, "argv", ["bench_kernel_only.py", "--shapes", "4x64x1", "--repeats", "1"])
     module.main()
     header, row = capsys.readouterr().out.strip().splitlines()
-    assert header.split()[3:9] == ["grouped", "folded", "bmm", "feature", "columns", "taps"]
+    assert header.split()[3:10] == ["grouped", "folded", "bmm", "feature", "columns", "taps", "single"]
     cells = row.split()
-    assert cells[0] == "4x64x1" and cells[-1] == "columns"
-    assert all(c.endswith("x") for c in cells[2:8])
+    assert cells[0] == "4x64x1" and cells[-1] == "taps"
+    assert all(c.endswith("x") for c in cells[2:8]) and cells[8] == "—"
