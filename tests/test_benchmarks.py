@@ -125,3 +125,18 @@ def test_kernel_only_probe_prints_every_formulation_and_the_rules_pick(capsys, m
     cells = row.split()
     assert cells[0] == "4x64x1" and cells[-1] == "taps"
     assert all(c.endswith("x") for c in cells[2:8]) and cells[8] == "—"
+
+
+def test_study_models_probe_prints_a_step_time_for_each_model(capsys, monkeypatch):
+    """scripts/bench_study_models.py (BENCHMARKS.md "CondConv and DyConv"): one CPU-seconds row per model."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_study_models", "scripts/bench_study_models.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys, "argv", ["bench_study_models.py", "--batch", "2", "--size", "16", "--repeats", "1"])
+    module.main()
+    header, *rows = capsys.readouterr().out.strip().splitlines()
+    assert header.startswith("batch 2, 16px, 1 thread(s)")
+    assert [r.split()[0] for r in rows] == list(module.MODELS)
+    assert all(float(r.split()[1]) > 0 for r in rows)
