@@ -1,7 +1,8 @@
 """Which formulation computes an ODConv call: forcing, the measured choice, or the rules.
 
 Order: a layer's own `formulation` attribute, then `use_formulation`, then (mode "measured", or "auto" on CUDA)
-the fastest formulation timed on this device for this call's key (odconv/tuning.py), then the rules below.
+the fastest formulation timed on this device for this call's key (odconv/tuning.py), then the rules below. A
+forced formulation that cannot compute a call is an error, never a silent fallback.
 `set_dispatch(mode)` picks the mode; "auto" (the default) measures on CUDA and uses the rules on CPU, where the
 rules were derived. Everything here is plain Python on shapes, so it traces under torch.compile/export.
 
@@ -37,7 +38,7 @@ import torch
 from . import tuning
 from .formulations import FORMULATIONS, LayerShape, candidates, get
 
-__all__ = ["Decision", "LayerShape", "MODES", "choose", "decide", "get_dispatch", "measures", "recording",
+__all__ = ["Decision", "LayerShape", "MODES", "choose", "decide", "describe", "get_dispatch", "measures", "recording",
            "select", "set_dispatch", "use_formulation"]
 
 MODES = ("rules", "measured", "auto")
@@ -147,6 +148,17 @@ def choose(shape: LayerShape, device_type: str = "cpu", training: bool = True) -
     return "folded" if pixels_out >= LARGE_PIXELS else "grouped"
 
 
+def describe(shape: LayerShape) -> str:
+    """A layer call in words, for error messages: 'a 3x3 conv 16->32 (groups 4, K 4, spatial attention) on a batch
+    of 2 at 9x9'."""
+    kh, kw = shape.kernel_size
+    extras = [f"stride {shape.stride[0]}x{shape.stride[1]}"] if shape.stride != (1, 1) else []
+    extras += [f"groups {shape.groups}"] if shape.groups != 1 else []
+    extras += [f"K {shape.kernel_num}", "spatial attention" if shape.has_spatial else "no spatial attention"]
+    return (f"a {kh}x{kw} conv {shape.in_channels}->{shape.out_channels} ({', '.join(extras)}) on a batch of "
+            f"{shape.batch} at {shape.height}x{shape.width}")
+
+
 def _current_forced() -> Optional[str]:
     return _forced[-1] if _forced else None
 
@@ -154,7 +166,8 @@ def _current_forced() -> Optional[str]:
 @contextlib.contextmanager
 def use_formulation(name: str) -> Iterator[None]:
     """Force formulation `name` for every ODConv call inside the block (a layer's own `formulation` attribute
-    still wins). Calls the formulation cannot compute fall back to the dispatch."""
+    still wins). A call the formulation cannot compute raises a ValueError naming both: a forced formulation
+    never silently becomes another one."""
     get(name)  # a clear error for an unknown name
     _forced.append(name)
     try:
@@ -175,9 +188,13 @@ def decide(layer_choice: Optional[str], x, weight, channel, filt, spatial, kerne
            groups: int) -> Decision:
     """The formulation one call of the functional core uses, and why."""
     shape = LayerShape.of_call(x, weight, channel, filt, spatial, kernel, stride, groups)
-    for name in (layer_choice, _current_forced()):
-        if name is not None and get(name).can_compute(shape):
-            return Decision(name, "forced")
+    forced = layer_choice if layer_choice is not None else _current_forced()
+    if forced is not None:
+        if not get(forced).can_compute(shape):
+            # Falling back would run (and time, and test) another formulation under this one's name.
+            raise ValueError(f"ODConv formulation {forced!r} cannot compute {describe(shape)}; "
+                             f"formulations that can: {candidates(shape)}")
+        return Decision(forced, "forced")
     backward = _backward((x, weight, channel, filt, spatial, kernel))
     if measures(x.device.type) or tuning.measuring():
         key = tuning.call_key(shape, x, padding, dilation, backward)

@@ -51,14 +51,16 @@ def run_train(args: list[str], *, cwd: Path = REPO, env: dict | None = None, tim
 
 
 def pytest_collection_modifyitems(config, items):
-    """The quick subset (`make test-fast`, `-m "not slow"`) runs every test function once: besides the end-to-end
-    runs marked `slow` where they are written, every case of a parametrized grid but its first is marked `slow`
-    here (formulations x shapes, experiment files, ...). `make test` and CI run every case."""
+    """The quick subset (`make test-fast`, `-m "not slow"`) runs every test function once per ODConv formulation:
+    besides the end-to-end runs marked `slow` where they are written, every case of a parametrized grid is marked
+    `slow` here but the first of each value of its `formulation` parameter (so each hand-written backward meets
+    its reference in the quick suite too) or, for grids without one, the first case (experiment files, ...).
+    `make test` and CI run every case."""
     seen = set()
     for item in items:
         if not hasattr(item, "callspec"):
             continue
-        key = (str(item.path), item.originalname)
+        key = (str(item.path), item.originalname, item.callspec.params.get("formulation"))
         if key in seen:
             item.add_marker(pytest.mark.slow)
         seen.add(key)

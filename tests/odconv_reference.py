@@ -120,3 +120,61 @@ def assert_matches_reference(layer: nn.Module, x: Tensor, reference, tol: float)
         assert prm.grad is not None, f"no gradient for {name}"
         err = rel_err(prm.grad, p[name].grad)
         assert err < tol, f"grad of {name}: rel err {err}"
+
+
+FLOAT32_UNIT_ROUNDOFF = 2.0 ** -24
+# Safety factor over the probabilistic model below, for the depth of the computation (attention trunk, heads,
+# kernel assembly, conv, and their backward: a dozen roundings in a chain). Over the float32 grid of
+# tests/test_fast_odconv.py (every formulation x shape x train/eval, seeds 0-3), the worst error measured on the
+# development machine was 1.65 sqrt(n) times the perturbation estimate (median 0.11), so 10 leaves a factor of 6
+# for other CPUs' summation orders, and 90 for the median case.
+FLOAT32_SAFETY = 10.0
+
+
+def longest_sum(layer: nn.Module, x: Tensor) -> int:
+    """The length of the longest float32 reduction in the layer's forward and backward at input `x`: a conv output
+    (C/g*kh*kw terms), a weight gradient (B*Ho*Wo) or an attention gradient (O*C/g*kh*kw)."""
+    kh, kw = layer.kernel_size
+    sh, sw = layer.stride
+    b, c, h, w = x.shape
+    ho, wo = (h - 1) // sh + 1, (w - 1) // sw + 1
+    per_tap = c // layer.groups
+    return max(b * ho * wo, per_tap * kh * kw, layer.out_channels * per_tap * kh * kw)
+
+
+def float32_error_bound(layer: nn.Module, x: Tensor, grad_out: Tensor, reference, draws: int = 2) -> dict[str, float]:
+    """A machine-independent bound on the float32 relative error of the output, the input gradient and every
+    parameter gradient of `layer` at `x` (keys as in the tests: "output", "input grad", "grad of <name>").
+
+    Derived, not measured on this CPU: every input, parameter, buffer and the output gradient is perturbed by an
+    independent relative amount of at most u = 2^-24 (float32's unit roundoff), and the change of each quantity is
+    computed by `reference(x, params)` in float64 (two draws, the larger kept). That is the error of rounding every
+    term once, carried through whatever cancels downstream (the kernel attention's softmax Jacobian makes its
+    gradient a small difference of large sums, where float32 loses the most). Accumulating a sum of n such terms
+    in float32 adds at most about sqrt(n) times that with high probability (Higham and Mary, "A new approach to
+    probabilistic rounding error analysis", SIAM J. Sci. Comput. 2019), so the bound is
+    FLOAT32_SAFETY * sqrt(longest_sum) * (the perturbation's effect). Only float64 arithmetic enters it, so it is
+    the same on every CPU, whichever float32 kernels the formulation under test meets there.
+    """
+    base = float64_params(layer)
+
+    def run(amount: float, seed: int) -> dict[str, Tensor]:
+        gen = torch.Generator().manual_seed(seed)
+
+        def perturb(t: Tensor) -> Tensor:
+            t = t.detach().double()
+            return t * (1 + amount * (2 * torch.rand(t.shape, generator=gen, dtype=t.dtype) - 1))
+        p = {n: perturb(v).requires_grad_(v.requires_grad) for n, v in base.items()}
+        x64 = perturb(x).requires_grad_()
+        y = reference(x64, p)
+        y.backward(perturb(grad_out))
+        out = {"output": y.detach(), "input grad": x64.grad}
+        out.update({f"grad of {n}": p[n].grad for n, _ in layer.named_parameters()})
+        return out
+    exact = run(0.0, 0)
+    effect = dict.fromkeys(exact, 0.0)
+    for d in range(draws):
+        perturbed = run(FLOAT32_UNIT_ROUNDOFF, 1 + d)
+        effect = {k: max(v, rel_err(perturbed[k], exact[k])) for k, v in effect.items()}
+    scale = FLOAT32_SAFETY * longest_sum(layer, x) ** 0.5
+    return {k: max(scale * v, 8 * FLOAT32_UNIT_ROUNDOFF) for k, v in effect.items()}

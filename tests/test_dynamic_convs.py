@@ -46,6 +46,8 @@ def _check(kind, name, formulation=None, bias=False, dtype=torch.float32, tol=1e
     layer.formulation = formulation
     b, h, w = shape[-3:]
     x = torch.randn(b, shape[0], h, w, dtype=dtype)
+    if formulation is not None:  # the forced formulation itself ran (forcing one that cannot compute raises)
+        assert odconv.explain(layer, x)[0].formulation == formulation
     reference = LAYERS[kind][1]
     assert_matches_reference(layer, x, lambda x64, p: reference(x64, layer, p), tol)
 
@@ -59,7 +61,8 @@ def test_matches_per_sample_reference_float32(kind, name):
 @pytest.mark.parametrize("kind", list(LAYERS))
 @pytest.mark.parametrize("formulation", odconv.FORMULATIONS)
 def test_every_formulation_computes_the_papers_definition(kind, formulation):
-    name = "1x1" if formulation == "feature" else "3x3"  # feature: layers without spatial attention only
+    # feature: layers without spatial attention only (shown on a 1x1); single: one sample only
+    name = {"feature": "1x1", "single": "batch1"}.get(formulation, "3x3")
     _check(kind, name, formulation)
 
 
@@ -69,19 +72,29 @@ def test_matches_reference_float64_exactly_with_bias(kind):
 
 
 def test_condconv_equals_timm_condconv_given_the_same_routing():
-    timm_layers = pytest.importorskip("timm.layers")
-    torch.manual_seed(0)
-    ours = CondConv2d(16, 24, 3, stride=2, padding=1, groups=2, num_experts=8).eval()
-    theirs = timm_layers.CondConv2d(16, 24, 3, stride=2, padding=1, groups=2, num_experts=8).eval()
-    with torch.no_grad():  # timm keeps each expert flattened: (num_experts, O * I/g * kh * kw)
-        theirs.weight.copy_(ours.weight.flatten(1))
-    x = torch.randn(3, 16, 13, 13)
-    routing = ours.attention(x).kernel
-    assert routing.shape == (3, 8) and 0 < routing.min() and routing.max() < 1  # a sigmoid per expert
-    assert not torch.allclose(routing.sum(1), torch.ones(3))  # ... which need not sum to 1
-    for formulation in odconv.FORMULATIONS[:3] + ("columns", "taps"):
-        ours.formulation = formulation
-        torch.testing.assert_close(ours(x), theirs(x, routing), rtol=1e-5, atol=1e-5, msg=formulation)
+    from timm import layers as timm_layers
+    ran = set()
+    for groups in (2, 1):  # grouped and folded compute groups=2; bmm, columns, taps and feature only groups=1
+        torch.manual_seed(0)
+        ours = CondConv2d(16, 24, 3, stride=2, padding=1, groups=groups, num_experts=8).eval()
+        theirs = timm_layers.CondConv2d(16, 24, 3, stride=2, padding=1, groups=groups, num_experts=8).eval()
+        with torch.no_grad():  # timm keeps each expert flattened: (num_experts, O * I/g * kh * kw)
+            theirs.weight.copy_(ours.weight.flatten(1))
+        for batch in (3, 1):  # single: one sample
+            x = torch.randn(batch, 16, 13, 13)
+            routing = ours.attention(x).kernel
+            assert routing.shape == (batch, 8) and 0 < routing.min() and routing.max() < 1  # a sigmoid per expert
+            assert not torch.allclose(routing.sum(1), torch.ones(batch))  # ... which need not sum to 1
+            shape = odconv.explain(ours, x)[0].shape
+            for formulation in odconv.FORMULATIONS:
+                if not odconv.formulations.REGISTRY[formulation].can_compute(shape):
+                    continue
+                ours.formulation = formulation
+                assert odconv.explain(ours, x)[0].formulation == formulation
+                torch.testing.assert_close(ours(x), theirs(x, routing), rtol=1e-5, atol=1e-5, msg=formulation)
+                ran.add(formulation)
+            ours.formulation = None
+    assert ran == set(odconv.FORMULATIONS)
 
 
 def test_dyconv_attention_is_a_tempered_softmax_without_normalisation():

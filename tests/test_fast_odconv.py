@@ -13,7 +13,7 @@ from odconv import ODConv2d
 from odconv.dispatch import use_formulation
 from odconv.explain import explain, format_explain
 from odconv.formulations import FORMULATIONS, REGISTRY, LayerShape, supported
-from odconv_reference import float64_params, reference_odconv, rel_err
+from odconv_reference import float32_error_bound, float64_params, reference_odconv, rel_err
 from test_odconv import SHAPES, _layer
 
 # More shapes than test_odconv's, where the formulations differ: zero-size padding with stride, odd sizes, 1x1 strided.
@@ -35,6 +35,27 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def rules_dispatch():
+    """The rules for the test's duration, the previous mode restored even when the test fails."""
+    previous = odconv.set_dispatch("rules")
+    try:
+        yield
+    finally:
+        odconv.set_dispatch(previous)
+
+
+def _layer_computes(formulation: str, layer, x) -> bool:
+    """Whether `formulation` can compute `layer` at input `x` (the real call's shape, batch included)."""
+    return REGISTRY[formulation].can_compute(layer.layer_shape(x))
+
+
+def _ran(layer, x, training) -> str:
+    """The formulation a forward of `layer` at `x` ran (as the dispatch recorded it)."""
+    layer.train(training)
+    return explain(layer, x)[0].formulation
 
 
 def _run(layer, x, training, formulation, grad_out=None):
@@ -60,31 +81,18 @@ def _errors(layer, x, y, grad_out, training, dtype) -> dict[str, float]:
     return errors
 
 
-def _check_against_reference(layer, x, training, formulation, tol):
+def _check_against_reference(layer, x, training, formulation, float64_tol=1e-12):
+    """Output and every gradient against the float64 reference: within
+    `float32_error_bound` (derived from the computation, the same on every CPU) for float32 ones; `float64_tol` for
+    float64 inputs (exactness)."""
     x, y, grad_out = _run(layer, x, training, formulation)
     errors = _errors(layer, x, y, grad_out, training, torch.float64)
     if x.dtype == torch.float32:
-        # The kernel attention's gradient is a softmax Jacobian product that cancels to a small vector, so
-        # float32 rounding alone can put it above 1e-5 (the per-sample reference itself, run in float32, does:
-        # 2e-5 on kernel_fc.bias for some seeds). Allow five times what the reference's own float32 run shows.
-        x32, y32 = _run_reference_as_layer(layer, x, training, grad_out)
-        ref32 = _errors(layer, x32, y32, grad_out, training, torch.float64)
-        tol = {k: max(tol, 5 * v) for k, v in ref32.items()}
+        allowed = float32_error_bound(layer, x, grad_out, lambda x64, p: reference_odconv(x64, layer, p, training))
     else:
-        tol = dict.fromkeys(errors, tol)
-    bad = {k: (v, tol[k]) for k, v in errors.items() if not v < tol[k]}
-    assert not bad, f"{formulation}: (relative error, allowed) above float32 rounding: {bad}"
-
-
-def _run_reference_as_layer(layer, x, training, grad_out):
-    """The per-sample reference run on the layer's own float32 parameters: (x, y), gradients on x and `layer`."""
-    p = {n: prm for n, prm in layer.named_parameters()}
-    p.update({n: b for n, b in layer.named_buffers() if b.is_floating_point()})
-    layer.zero_grad()
-    x = x.detach().requires_grad_()
-    y = reference_odconv(x, layer, p, training)
-    y.backward(grad_out)
-    return x, y
+        allowed = dict.fromkeys(errors, float64_tol)
+    bad = {k: (v, allowed[k]) for k, v in errors.items() if not v < allowed[k]}
+    assert not bad, f"{formulation}: (relative error, allowed) above rounding: {bad}"
 
 
 def _cases():
@@ -105,19 +113,19 @@ def test_formulation_matches_float64_reference(formulation, name, training):
     shape = FAST_SHAPES[name]
     b, h, w = shape[-3:]
     torch.manual_seed(2)
-    _check_against_reference(_layer(shape), torch.randn(b, shape[0], h, w), training, formulation, 1e-5)
+    _check_against_reference(_layer(shape), torch.randn(b, shape[0], h, w), training, formulation)
 
 
-@pytest.mark.parametrize("formulation", ["grouped", "folded", "bmm", "columns", "taps", "feature"])
-def test_hand_written_backward_is_exact_in_float64(formulation):
-    # In float64 any slip in a hand-derived gradient shows as an error far above rounding (1e-12).
-    for name in ("3x3", "dilation2", "1x1-k4", "grouped", "depthwise", "3x3-k1-stride2-odd", "3x3-k4-on-2x1-map"):
-        shape = FAST_SHAPES[name]
-        if not supported(formulation, shape[6], shape[2] != 1):
-            continue
-        b, h, w = shape[-3:]
-        x = torch.randn(b, shape[0], h, w, dtype=torch.float64)
-        _check_against_reference(_layer(shape).double(), x, True, formulation, 1e-12)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("formulation,name", CASES, ids=[f"{f}-{n}" for f, n in CASES])
+def test_formulation_is_exact_in_float64(formulation, name, training):
+    # In float64 any slip in a hand-derived gradient shows as an error far above rounding (1e-12): the check of
+    # correctness, on the same grid as the float32 one above, which checks the float32 path stays within its bound.
+    shape = FAST_SHAPES[name]
+    b, h, w = shape[-3:]
+    torch.manual_seed(2)
+    x = torch.randn(b, shape[0], h, w, dtype=torch.float64)
+    _check_against_reference(_layer(shape).double(), x, training, formulation)
 
 
 CL_CASES = [(f, n) for f, n in CASES if n in ("3x3", "1x1-k4", "depthwise", "stride2")]
@@ -128,32 +136,72 @@ def test_channels_last_input(formulation, name):
     shape = FAST_SHAPES[name]
     b, h, w = shape[-3:]
     x = torch.randn(b, shape[0], h, w).to(memory_format=torch.channels_last)
-    _check_against_reference(_layer(shape), x, True, formulation, 1e-5)
+    _check_against_reference(_layer(shape), x, True, formulation)
+
+
+# Batch 1, where `single` (the rules' pick for batch-1 inference) is the only formulation that runs only here.
+ONE_SAMPLE = ("3x3", "1x1-k1", "1x1-k4", "depthwise", "grouped", "5x5-odd", "3x3-on-1x1-map")
 
 
 @pytest.mark.parametrize("formulation", FORMULATIONS)
 def test_batch_of_one_in_eval_mode(formulation):
-    for name in ("3x3", "1x1-k1", "depthwise"):
+    checked = []
+    for name in ONE_SAMPLE:
         shape = FAST_SHAPES[name]
-        if supported(formulation, shape[6], shape[2] != 1):
-            x = torch.randn(1, shape[0], *shape[-2:])
-            _check_against_reference(_layer(shape), x, False, formulation, 1e-5)
+        layer, x = _layer(shape), torch.randn(1, shape[0], *shape[-2:])
+        if _layer_computes(formulation, layer, x):
+            layer.formulation = formulation
+            assert _ran(layer, x, False) == formulation
+            _check_against_reference(layer, x, False, formulation)
+            checked.append(name)
+    assert checked, f"{formulation} computed none of {ONE_SAMPLE} at batch 1"
 
 
+# Every ablation variant of the attention (heads present or absent, softmax spatial attention, each norm), one
+# sample, eval: `single` folds whichever attentions exist into its one kernel.
+ATTENTION_SUBSETS = {
+    "all": {}, "no-channel": dict(attentions=["filter", "spatial", "kernel"]),
+    "no-filter": dict(attentions=["channel", "spatial", "kernel"]),
+    "no-spatial": dict(attentions=["channel", "filter", "kernel"]), "kernel-only": dict(attentions=["kernel"]),
+    "channel-only": dict(attentions=["channel"], kernel_num=1), "spatial-softmax": dict(spatial_act="softmax"),
+    "layer-norm": dict(attention_norm="layer"), "no-norm": dict(attention_norm="none"),
+}
+
+
+@pytest.mark.parametrize("subset", list(ATTENTION_SUBSETS))
+def test_single_with_every_attention_subset_at_batch_one(subset):
+    kwargs = dict(dict(kernel_num=3), **ATTENTION_SUBSETS[subset])
+    torch.manual_seed(4)
+    layer = ODConv2d(8, 12, 3, padding=1, **kwargs)
+    with torch.no_grad():
+        for prm in layer.attention.parameters():
+            prm.add_(0.3 * torch.randn_like(prm))
+    layer.formulation = "single"
+    x = torch.randn(1, 8, 7, 7)
+    assert _ran(layer, x, False) == "single"
+    _check_against_reference(layer, x, False, "single")
+
+
+@pytest.mark.parametrize("batch", [4, 1])
 @pytest.mark.parametrize("formulation", FORMULATIONS)
-def test_bf16_autocast_within_bf16_tolerance(formulation):
+def test_bf16_autocast_within_bf16_tolerance(formulation, batch):
+    checked = []
+    training = batch > 1  # one sample: inference (the attention's BatchNorm cannot train on one sample)
     for name in ("3x3", "1x1-k4", "depthwise"):
         shape = FAST_SHAPES[name]
-        if not supported(formulation, shape[6], shape[2] != 1):
-            continue
         layer = _layer(shape)
-        b, h, w = shape[-3:]
-        x = torch.randn(b, shape[0], h, w)
-        x32, y32, g = _run(layer, x, True, formulation)
+        x = torch.randn(batch, shape[0], *shape[-2:])
+        if not _layer_computes(formulation, layer, x):
+            continue
+        checked.append(name)
+        layer.formulation = formulation
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert _ran(layer, x, training) == formulation
+        x32, y32, g = _run(layer, x, training, formulation)
         grads32 = {n: p.grad.clone() for n, p in layer.named_parameters()}
         layer.zero_grad()
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            xb, yb, _ = _run(layer, x, True, formulation, grad_out=g)
+            xb, yb, _ = _run(layer, x, training, formulation, grad_out=g)
         assert yb.dtype == torch.bfloat16
         # bf16 keeps 8 bits of mantissa: 2^-8 = 4e-3 per rounding; sums over a few hundred terms stay below 3e-2.
         assert rel_err(yb, y32) < 3e-2, f"{formulation} {name}: output {rel_err(yb, y32)}"
@@ -161,6 +209,8 @@ def test_bf16_autocast_within_bf16_tolerance(formulation):
         for n, p in layer.named_parameters():
             assert p.grad.dtype == torch.float32, f"grad of {n} is {p.grad.dtype}"
             assert rel_err(p.grad, grads32[n]) < 5e-2, f"{formulation} {name}: grad of {n} {rel_err(p.grad, grads32[n])}"
+    if formulation != "single" or batch == 1:  # `single` computes batch 1 only; every other one both batches
+        assert checked, f"{formulation} computed none of the bf16 cases at batch {batch}"
 
 
 def _saved_bytes(layer, x) -> int:
@@ -206,6 +256,23 @@ def test_forcing_a_formulation_by_attribute_and_context(monkeypatch):
     assert seen == ["grouped"]
 
 
+def test_forcing_a_formulation_that_cannot_compute_the_layer_is_an_error_naming_both():
+    grouped = _layer(FAST_SHAPES["grouped"])
+    x = torch.randn(2, 16, 7, 7)
+    grouped.formulation = "columns"
+    with pytest.raises(ValueError, match=r"'columns' cannot compute a 3x3 conv 16->32 \(groups 4, .*"
+                                         r"formulations that can: \['grouped', 'folded'"):
+        grouped(x)
+    grouped.formulation = None
+    with use_formulation("taps"), pytest.raises(ValueError, match="'taps' cannot compute a 3x3 conv 16->32"):
+        grouped(x)
+    layer = _layer(FAST_SHAPES["3x3"]).eval()
+    layer.formulation = "single"
+    with pytest.raises(ValueError, match="'single' cannot compute .* on a batch of 2 at 9x9"):
+        layer(torch.randn(2, 16, 9, 9))
+    assert layer(torch.randn(1, 16, 9, 9)).shape == (1, 24, 9, 9)
+
+
 def test_unknown_formulation_is_a_clear_error():
     with pytest.raises(ValueError, match="Unknown ODConv formulation 'fast'"):
         with use_formulation("fast"):
@@ -216,8 +283,7 @@ def test_unknown_formulation_is_a_clear_error():
         layer(torch.randn(2, 16, 5, 5))
 
 
-def test_explain_reports_every_layer_and_honours_forcing():
-    odconv.set_dispatch("rules")  # CPU: what "auto" means here too
+def test_explain_reports_every_layer_and_honours_forcing(rules_dispatch):
     model = timm.create_model("od_resnet18", kernel_num=1, num_classes=10).eval()
     rows = explain(model, torch.randn(2, 3, 32, 32))
     n_od = sum(isinstance(m, ODConv2d) for m in model.modules())
@@ -231,7 +297,6 @@ def test_explain_reports_every_layer_and_honours_forcing():
     assert all(r.reason == "forced" for r in forced)
     table = format_explain(rows)
     assert "layer1.0.conv1" in table and " rule" in table
-    odconv.set_dispatch("auto")
 
 
 @pytest.mark.slow
