@@ -147,14 +147,6 @@ def test_forward_backward_and_stage_outputs(name):
     torch.testing.assert_close(model.forward_head(stages[-1]), model(x.detach()))
 
 
-@pytest.mark.parametrize("name", ["condconv_resnet18", "dyconv_resnet50", "condconv_mobilenetv2_050", "dyconv_mobilenetv2_100"])
-def test_features_only_gives_the_four_stages(name):
-    feats = timm.create_model(name, features_only=True, **_kernels(name)).eval()
-    outs = feats(torch.randn(1, 3, 64, 64))
-    assert [o.shape[1] for o in outs] == feats.feature_info.channels()
-    assert [64 // o.shape[-1] for o in outs] == [4, 8, 16, 32]
-
-
 def test_each_family_injects_its_layer_where_odconv_goes():
     for prefix, cls in (("od_", ODConv2d), ("condconv_", CondConv2d), ("dyconv_", DyConv2d)):
         r = _meta(prefix + "resnet50")
