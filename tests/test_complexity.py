@@ -2,6 +2,7 @@
 rules, and the paper's CondConv/DyConv parameter counts are explained by arithmetic on our models."""
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -19,11 +20,16 @@ from odconv import CondConv2d, DyConv2d, ODConv2d
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@functools.lru_cache(maxsize=None)  # several tests count the same ResNet18s
+def _macs(name: str, kernel_num: int | None = None) -> dict:
+    return count_macs(timm.create_model(name, **({} if kernel_num is None else {"kernel_num": kernel_num})))
+
+
 @pytest.mark.parametrize(
     "name, published_m", [("static_resnet18", 1814), ("static_mobilenetv2_100", 300.8), ("static_mobilenetv2_050", 97.1)]
 )
 def test_static_baselines_match_published_macs(name, published_m):
-    assert count_macs(timm.create_model(name))["total"] / 1e6 == pytest.approx(published_m, rel=1e-3)
+    assert _macs(name)["total"] / 1e6 == pytest.approx(published_m, rel=1e-3)
 
 
 def test_published_resnet50_baseline_is_the_stride_on_1x1_count():
@@ -104,16 +110,13 @@ def test_odconv_resnet18_macs_over_the_static_twin_by_hand():
         pooled = cin * hw_in * hw_in
         fcs = cin * hidden + hidden * (cin + cout + 9)  # fc, then channel, filter and spatial heads (K=1: no kernel)
         extra += 9 * cin * cout + pooled + fcs + pooled + cout * hw_out * hw_out
-    static = count_macs(timm.create_model("static_resnet18"))["total"]
-    ours = count_macs(timm.create_model("od_resnet18", kernel_num=1))["total"]
+    static, ours = _macs("static_resnet18")["total"], _macs("od_resnet18", 1)["total"]
     assert ours - static == extra == 16_098_992
     assert f"{ours / 1e9:.3f}G" == "1.830G"
 
 
 def test_odconv_macs_grow_with_kernel_number():
-    one = count_macs(timm.create_model("od_resnet18", kernel_num=1))
-    four = count_macs(timm.create_model("od_resnet18", kernel_num=4))
-    static = count_macs(timm.create_model("static_resnet18"))
+    one, four, static = _macs("od_resnet18", 1), _macs("od_resnet18", 4), _macs("static_resnet18")
     assert one["conv"] == four["conv"] == static["conv"]
     block_weights = sum(m.weight[0].numel() for m in timm.create_model("od_resnet18").modules() if isinstance(m, ODConv2d))
     assert one["aggregation"] == block_weights  # the spatial attention multiplies each weight once
