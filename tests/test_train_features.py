@@ -108,8 +108,8 @@ def test_clipping_rescales_each_steps_gradient_to_the_clip_norm(amp, probe, scal
     # needs the GradScaler's unscale before the clip: clipping the scaled gradient would leave 1/256 of it.
     clip = 0.01
     common = SHORT + [f"paths.cache_dir={cache_dir}", f"trainer.amp={amp}"]
-    run(compose_cfg(common + [f"paths.run_dir={tmp_path / 'raw'}"]))
-    raw = probe.grads[0]
+    run(compose_cfg(common + [f"paths.run_dir={tmp_path / 'raw'}", "trainer.limit_train_batches=1"]))
+    (raw,) = probe.grads
     probe.grads.clear()
     run(compose_cfg(common + [f"paths.run_dir={tmp_path / 'clipped'}", f"optim.clip_grad_norm={clip}"]))
     assert len(probe.grads) == 2  # both optimizer steps ran (no fp16 overflow skipped one)
