@@ -12,6 +12,7 @@ transient buffers inside one op are not in it.
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import time
 from copy import deepcopy
@@ -150,6 +151,9 @@ def compare(variants: dict[str, tuple[Callable, Optional[Callable], list]], devi
     if device.type == "cpu":
         for n, (_, fwd, _) in variants.items():
             mem[n] = saved_bytes(fwd) if fwd is not None else 0
+    for n, v in times.items():  # every ratio printed divides by these: a zero or NaN is a broken clock or step
+        if not all(math.isfinite(t) and t > 0 for t in v):
+            raise RuntimeError(f"benchmark variant {n!r} measured {v} s: a step that takes no time did not run")
     # The minimum, not the median: on a shared machine the other processes only ever add time.
     return {n: min(v) for n, v in times.items()}, mem
 

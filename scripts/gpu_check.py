@@ -6,7 +6,8 @@ Sections, each in its own process with its own time limit (so one hung section c
   (tests/odconv_reference.py, run on the CPU), forward and every gradient, in float32 (TF32 off) and under bf16
   autocast;
 - models: training step (bf16 autocast; float32 on a CPU) time and peak memory over the static twin for the five headline rows at
-  batch 64, with the rules, the measured dispatch and the released formulation (`grouped` forced everywhere);
+  batch 64, with the rules, the measured dispatch and the released formulation (`grouped` forced everywhere); a ratio
+  outside RATIO_RANGE is a broken measurement and fails the section;
 - demo: 200 steps of the demo training (`train.py`, Hydra, the real loop) on CUDA with bf16;
 - ddp: the same demo for 20 steps in two processes (torchrun, NCCL) when two GPUs are visible.
 
@@ -52,6 +53,9 @@ FLOAT32_FLOOR = 1e-4  # relative error; float32 rounding of these sums is ~1e-6,
 BF16_TOL = {"output": 3e-2, "input grad": 3e-2, "param grad": 5e-2}  # 8-bit mantissa over a few hundred terms
 DEMO_STEPS, DDP_STEPS = (10, 20), (1, 20)  # (epochs, steps per epoch) of the demo data (22 steps per epoch)
 DEMO_MIN_TOP1 = 80.0  # the CPU demo reaches 88-92% in 110 steps
+# A time or memory ratio over the static twin outside this range is a broken measurement (a variant that did not run,
+# a clock that did not tick, a 100x regression), not a speed to report: the models section fails on it.
+RATIO_RANGE = (0.1, 100.0)
 
 
 def check_formulations(device: torch.device, quick: bool) -> bool:
@@ -148,7 +152,7 @@ def check_models(device: torch.device, quick: bool, budget: float) -> bool:
     print("| model | K | res | static ms | rules | measured | grouped | static MiB | mem rules | mem measured | "
           "mem grouped | tune s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    slowest = 0.0
+    slowest, ok = 0.0, True
     for name, k, _, res in MODEL_ROWS:
         res = 32 if quick else res
         if time.monotonic() - start + 1.5 * slowest > budget:
@@ -160,14 +164,23 @@ def check_models(device: torch.device, quick: bool, budget: float) -> bool:
         first: dict[str, float] = {}
         t, m = compare(v, device, repeats, first_call=first)
         del v
-        mem = " | ".join(f"{m[c] / max(m['static'], 1):.2f}" for c in cols)
-        print(f"| {name} | {k} | {res} | {t['static'] * 1e3:.1f} | "
-              + " | ".join(f"{t[c] / t['static']:.2f}" for c in cols)
-              + f" | {m['static'] / 2**20:.0f} | {mem} | {first['ours:measured']:.1f} |", flush=True)
+        times, row_ok = _ratio_cells([t[c] / t["static"] for c in cols])
+        mems, mem_ok = _ratio_cells([m[c] / max(m["static"], 1) for c in cols])
+        ok &= row_ok and mem_ok
+        print(f"| {name} | {k} | {res} | {t['static'] * 1e3:.1f} | {' | '.join(times)} | "
+              f"{m['static'] / 2**20:.0f} | {' | '.join(mems)} | {first['ours:measured']:.1f} |", flush=True)
         slowest = max(slowest, time.monotonic() - t0)
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    return True
+    if not ok:
+        print(f"\nFAILED: ratios marked FAIL are outside {RATIO_RANGE}: a broken measurement.")
+    return ok
+
+
+def _ratio_cells(ratios: list[float]) -> tuple[list[str], bool]:
+    """Table cells of ratios over the static twin, each outside RATIO_RANGE (NaN included) marked FAIL."""
+    inside = [RATIO_RANGE[0] < r < RATIO_RANGE[1] for r in ratios]
+    return [f"{r:.2f}" + ("" if good else " **FAIL**") for r, good in zip(ratios, inside)], all(inside)
 
 
 def train_command(device: str, quick: bool, processes: int, run_dir: Path, cache_dir: str | None) -> list[str]:

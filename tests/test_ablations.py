@@ -164,7 +164,7 @@ def test_defaults_are_the_released_layer_and_load_released_keys():
         "attention.spatial_fc.weight": (9, 16, 1, 1), "attention.spatial_fc.bias": (9,),
         "attention.kernel_fc.weight": (4, 16, 1, 1), "attention.kernel_fc.bias": (4,),
     }
-    assert {k: tuple(v.shape) for k, v in layer.state_dict().items()} == released
+    assert {k: tuple(v.shape) for k, v in layer.state_dict().items()} == released  # no temperature: runtime state
     checkpoint = {k: torch.randn(s) if s else torch.tensor(7) for k, s in released.items()}
     checkpoint["attention.bn.running_var"] = checkpoint["attention.bn.running_var"].abs()
     layer.load_state_dict(checkpoint)  # strict

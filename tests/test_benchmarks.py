@@ -38,9 +38,9 @@ def test_layer_section_prints_a_ratio_for_every_variant_and_the_dispatch_choice(
     assert len(lines) == 2 * bench_odconv.QUICK_SHAPES
     for line in lines:
         row = line.split()
-        # shape, pass, static ms, released, ours, =columns, =taps, choice
-        ratios = [float(v) for v in row[-6:-1]]
-        assert all(r > 0 for r in ratios), row
+        # shape, pass, static ms, released, ours, =columns, =taps, choice (the values are bench_measure.compare's
+        # to check: it refuses a time that is not finite and positive)
+        assert all(re.fullmatch(r"\d+\.\d\d", v) for v in row[-6:-1]), line
         cin, cout, kh, kw, st, g, k, px, b = map(int, bench_odconv.SHAPE.search(line).groups())
         shape = bench_odconv.LayerShape(b, cin, cout, px, px, (kh, kw), (st, st), g, k, kh * kw > 1)
         assert row[-1] == bench_odconv.choose(shape, "cpu", "fwd+bwd" in row), row
@@ -139,4 +139,17 @@ def test_study_models_probe_prints_a_step_time_for_each_model(capsys, monkeypatc
     header, *rows = capsys.readouterr().out.strip().splitlines()
     assert header.startswith("batch 2, 16px, 1 thread(s)")
     assert [r.split()[0] for r in rows] == list(module.MODELS)
-    assert all(float(r.split()[1]) > 0 for r in rows)
+    assert all(re.fullmatch(r"\d+\.\d\d", r.split()[1]) for r in rows), rows  # CPU seconds (>0: the script's check)
+
+
+def test_a_step_that_takes_no_time_is_refused_not_tabled():
+    variants = {"static": (lambda: None, None, []), "broken": (lambda: None, None, [])}
+    clock = iter([0.0, 1e-3] + [5.0, 5.0] * 10)  # the static step takes 1 ms, then every step takes 0 s
+
+    def frozen():
+        return next(clock)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bench_measure, "CLOCK", frozen)
+        with pytest.raises(RuntimeError, match=r"benchmark variant 'broken' measured \[0\.0\] s"):
+            bench_measure.compare(variants, torch.device("cpu"), repeats=1, warmup=0)

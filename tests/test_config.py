@@ -116,9 +116,28 @@ def test_experiments_compose_to_the_configs_they_had_before_the_recipe_group(nam
     assert after == before
 
 
+MODEL_OPTION_TAKES = {
+    "od_": "it takes kernel_num, reduction, min_channel, attentions, spatial_act, attention_norm, dynamic_stages",
+    "condconv_": "it takes num_experts, dynamic_stages",
+    "dyconv_": "it takes kernel_num, reduction, dynamic_stages",
+    "static_": "it takes none of the dynamic-convolution keys",
+}
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_model_options_validate(name):
-    validate(compose_cfg([f"model={name}"]))
+    """Each model option composes to the keys its file sets, and a key of another family is refused in one line that
+    names the key, the model and what the model takes (written out here, not read off train/config.py's table)."""
+    option = yaml.safe_load((CONFIGS / "model" / f"{name}.yaml").read_text())
+    c = validate(compose_cfg([f"model={name}"]))
+    assert {k: getattr(c.model, k) for k in option} == option
+    family, takes = next((f, t) for f, t in MODEL_OPTION_TAKES.items() if c.model.name.startswith(f))
+    foreign = "kernel_num" if family == "condconv_" else "num_experts"
+    with pytest.raises(ConfigError) as e:
+        validate(compose_cfg([f"model={name}", f"model.{foreign}=2"]))
+    assert str(e.value) == (f"model.{foreign} does not apply to {c.model.name} ({takes}); remove it or pick another "
+                            "model.name")
+
 
 
 def test_only_the_model_keys_a_config_sets_reach_the_builder():
