@@ -103,6 +103,7 @@ class MobileNetV2(nn.Module):
         convs = stage_convs(conv, dynamic_stages)
         dd = dict(device=device, dtype=dtype)
         self.num_classes = num_classes
+        self.in_chans = in_chans  # timm's model contract (its tests check it; create_model passes it)
         # Widths rounded by timm's make_divisible (multiples of 8, never 10% below): the torchvision/TF rule.
         inp = make_divisible(32 * width_mult)
         self.num_features = make_divisible(1280 * max(1.0, width_mult))

@@ -110,6 +110,7 @@ class ResNet(nn.Module):
         block, layers = ARCH_SETTINGS[depth]
         self.depth = depth
         self.num_classes = num_classes
+        self.in_chans = in_chans  # timm's model contract (its tests check it; create_model passes it)
         self.inplanes = 64
         self.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False, **dd)
         self.bn1 = nn.BatchNorm2d(64, **dd)

@@ -37,7 +37,9 @@ def test_default_cfg_describes_the_model(name):
     classifier, first_conv = state_dict[cfg["classifier"] + ".weight"], state_dict[cfg["first_conv"] + ".weight"]
     assert model.num_classes == cfg["num_classes"] == 1000 == classifier.shape[0]
     assert model.head_hidden_size == classifier.shape[1] == (512 if "resnet" in name else 1280)
-    assert first_conv.shape[1] == cfg["input_size"][0] == 3
+    assert first_conv.shape[1] == cfg["input_size"][0] == model.in_chans == 3
+    gray = timm.create_model(name, pretrained=False, in_chans=1, num_classes=10).eval()  # timm's in_chans contract
+    assert gray.in_chans == 1 and gray(torch.randn(1, 1, 64, 64)).shape == (1, 10)
     x = torch.randn(1, *cfg["input_size"])
     with torch.no_grad():
         features = model.forward_features(x)
