@@ -1,0 +1,106 @@
+"""The cluster commands of docs/cluster.md against a real Slurm (scripts/local_slurm.sh: slurmctld and two slurmd on
+this machine, brought up by the `slurm_env` fixture): the documented hydra command on two nodes trains what one
+process trains; a job signalled by Slurm, or reaching its time limit, saves, is requeued and ends bit-identical to a
+run never stopped; a rank killed outright leaves the last checkpoint intact and a resubmission resumes from it."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY, run_train
+from slurm_cluster import TWO_NODES, finished_job_info, job_ids, slurm, slurm_env, submit, task_pid, wait_for  # noqa: F401
+
+pytestmark = pytest.mark.slow
+
+# A model without batch statistics (frozen BatchNorm, no dropout), as in test_ddp.py: two ranks then train what one
+# process trains, up to the order of floating-point sums. 2 epochs of 6 steps leave time to signal a running job.
+RUN = TINY + ["model=resnet18_od", "trainer.freeze_bn=true", "model.dropout=0", "trainer.epochs=2",
+              "trainer.limit_train_batches=6", "trainer.limit_val_batches=1"]
+
+
+def weights(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+
+
+def assert_bit_identical(run_dir: Path, reference: Path) -> None:
+    got, want = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True), \
+        torch.load(reference / "checkpoints" / "last.pt", weights_only=True)
+    assert (got["epoch"], got["step"]) == (want["epoch"], want["step"])
+    for key in want["model"]:
+        assert torch.equal(got["model"][key], want["model"][key]), f"{key} differs from the run never stopped"
+    for a, b in zip(got["optimizer"]["state"].values(), want["optimizer"]["state"].values()):
+        assert all(torch.equal(a[k], b[k]) for k in b), "optimizer state differs from the run never stopped"
+
+
+def train_records(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [r for r in map(json.loads, path.read_text().splitlines()) if r["kind"] == "train"]
+
+
+def job_logs(sweep: Path) -> str:
+    return "".join(p.read_text() for p in sorted(sweep.glob(".submitit/*/*_log.*")))
+
+
+@pytest.fixture(scope="module")
+def two_node_run(slurm_env, cache_dir, tmp_path_factory) -> Path:
+    """The documented command, unstopped: one job, two nodes, one task on each, no GPU. Its job directory."""
+    sweep = tmp_path_factory.mktemp("two-node")
+    proc = run_train(TWO_NODES + RUN + [f"paths.cache_dir={cache_dir}", f"hydra.sweep.dir={sweep}"], env=slurm_env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return sweep
+
+
+def test_two_nodes_form_the_process_group_and_train_what_one_process_trains(two_node_run, cache_dir, tmp_path,
+                                                                            slurm_env):
+    sweep = two_node_run
+    [job_id] = job_ids(sweep)
+    script = (sweep / ".submitit" / job_id / f"{job_id}_submission.sh").read_text()
+    assert "#SBATCH --nodes=2" in script and "#SBATCH --ntasks-per-node=1" in script
+    assert "gpu" not in script.lower()  # gpus_per_node=0 asks for no GPU resource at all
+    info = finished_job_info(slurm_env, job_id)
+    assert info["JobState"] == "COMPLETED" and info["NodeList"] == "127.0.0.[1-2]" and info["NumTasks"] == "2"
+    assert "gres" not in info.get("TresPerNode", "")
+    logs = job_logs(sweep)
+    assert "2 process(es) on cpu" in logs
+    for rank in (0, 1):  # one task on each node, ranks from the job environment
+        assert f"node={rank}(2), global_rank={rank}(2)" in logs
+
+    one = tmp_path / "one"
+    p1 = run_train(RUN + [f"paths.cache_dir={cache_dir}", f"paths.run_dir={one}"])
+    assert p1.returncode == 0, p1.stderr
+    w1, w2 = weights(one), weights(sweep / "0")
+    for k in w1:
+        if w1[k].is_floating_point():
+            torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5, msg=f"{k} differs")
+
+
+def test_a_job_signalled_by_slurm_is_requeued_and_resumes_bit_identical(two_node_run, cache_dir, tmp_path,
+                                                                        slurm_env):
+    sweep = tmp_path / "sweep"
+    job = submit(TWO_NODES + RUN + [f"paths.cache_dir={cache_dir}", f"hydra.sweep.dir={sweep}"], slurm_env)
+    try:
+        wait_for(lambda: train_records(sweep / "0"), 300, "the job's first training step")
+        [job_id] = job_ids(sweep)
+        # The signal the launcher asked Slurm to send before the time limit (`#SBATCH --signal=SIG@seconds`).
+        script = (sweep / ".submitit" / job_id / f"{job_id}_submission.sh").read_text()
+        signal_name = re.search(r"#SBATCH --signal=(\w+)@\d+", script).group(1)
+        slurm(slurm_env, "scancel", f"--signal={signal_name}", job_id)
+        out, _ = job.communicate(timeout=300)
+    finally:
+        job.kill()
+    assert job.returncode == 0, out[-3000:]
+    info = finished_job_info(slurm_env, job_id)
+    assert info["JobState"] == "COMPLETED" and int(info["Restarts"]) >= 1  # scontrol shows the requeue
+    logs = job_logs(sweep)
+    stopped = re.search(rf"stopped by SIG{signal_name} at epoch \d+ step (\d+); checkpoint saved", logs)
+    assert stopped, logs[-3000:]
+    assert re.search(rf"resuming from {re.escape(str(sweep / '0'))}/checkpoints/last.pt: .*step {stopped.group(1)}",
+                     logs), logs[-3000:]
+    assert_bit_identical(sweep / "0", two_node_run / "0")
