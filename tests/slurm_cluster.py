@@ -117,7 +117,8 @@ def task_pid(job_id: str, rank: int) -> int | None:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if (b"submitit.core._submit" in cmdline and f"SLURM_JOB_ID={job_id}".encode() in environ
+        argv = cmdline.split(b"\0")
+        if (b"submitit.core._submit" in argv and not argv[0].endswith(b"srun") and f"SLURM_JOB_ID={job_id}".encode() in environ
                 and f"SLURM_PROCID={rank}".encode() in environ):
             return int(pid)
     return None

@@ -5,8 +5,9 @@ run never stopped; a rank killed outright leaves the last checkpoint intact and 
 from __future__ import annotations
 
 import json
+import os
 import re
-import subprocess
+import signal
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,13 @@ def train_records(run_dir: Path) -> list[dict]:
     if not path.is_file():
         return []
     return [r for r in map(json.loads, path.read_text().splitlines()) if r["kind"] == "train"]
+
+
+def signal_pending(pid: int, sig: int) -> bool:
+    """Whether `sig` waits for delivery to a (stopped) process: the process-wide pending mask in /proc."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    mask = int(re.search(r"^ShdPnd:\s*([0-9a-f]+)", status, re.M).group(1), 16)
+    return bool(mask >> (sig - 1) & 1)
 
 
 def job_logs(sweep: Path) -> str:
@@ -103,4 +111,72 @@ def test_a_job_signalled_by_slurm_is_requeued_and_resumes_bit_identical(two_node
     assert stopped, logs[-3000:]
     assert re.search(rf"resuming from {re.escape(str(sweep / '0'))}/checkpoints/last.pt: .*step {stopped.group(1)}",
                      logs), logs[-3000:]
+    assert_bit_identical(sweep / "0", two_node_run / "0")
+
+
+def test_a_job_reaching_its_time_limit_saves_is_requeued_and_resumes_bit_identical(cache_dir, tmp_path, slurm_env):
+    """timeout_min=1 and signal_delay_s=50: Slurm signals the job 50 s before its limit. slurmctld checks time limits
+    every 30 s, so the signal comes 10 to 40 s after the start, whatever the machine's speed; the test holds the
+    training process (SIGSTOP) from its first step until the signal is pending, so it lands in the middle of the
+    training on any machine, then lets it run on. One rank, with a loader worker, which gets the signal too."""
+    run = RUN + ["data.workers=1", f"paths.cache_dir={cache_dir}"]
+    sweep = tmp_path / "sweep"
+    args = ["-m", "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0", "hydra.launcher.tasks_per_node=1",
+            "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=null", "hydra.launcher.timeout_min=1",
+            "hydra.launcher.signal_delay_s=50", "hydra.launcher.max_num_timeout=3", *run, f"hydra.sweep.dir={sweep}"]
+    job = submit(args, slurm_env)
+    try:
+        wait_for(lambda: train_records(sweep / "0"), 300, "the job's first training step")
+        [job_id] = job_ids(sweep)
+        pid = wait_for(lambda: task_pid(job_id, 0), 30, "the training process")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: signal_pending(pid, signal.SIGUSR2), 90, "Slurm's signal before the time limit", poll=0.5)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        reference = tmp_path / "reference"  # the same run in one process, never stopped
+        p1 = run_train(run + [f"paths.run_dir={reference}"])
+        assert p1.returncode == 0, p1.stderr
+        out, _ = job.communicate(timeout=300)
+    finally:
+        job.kill()
+    assert job.returncode == 0, out[-3000:]
+    info = finished_job_info(slurm_env, job_id)
+    assert info["JobState"] == "COMPLETED" and int(info["Restarts"]) >= 1, info
+    logs = job_logs(sweep)
+    assert "this job is timed-out" in logs  # submitit's view: requeued as a time-out (max_num_timeout counts it)
+    stopped = re.search(r"stopped by SIGUSR2 at epoch \d+ step (\d+); checkpoint saved", logs)
+    assert stopped, logs[-3000:]
+    assert re.search(rf"resuming from \S+/last.pt: .*step {stopped.group(1)}", logs), logs[-3000:]
+    assert_bit_identical(sweep / "0", reference)
+
+
+def test_a_rank_killed_outright_fails_the_job_and_a_resubmission_resumes(two_node_run, cache_dir, tmp_path,
+                                                                         slurm_env):
+    """SIGKILL of rank 1 (no handler runs): rank 0 finds its peer gone in the next all-reduce and the job fails; the
+    checkpoint written before is intact, and the same command with the same sweep directory resumes from it."""
+    sweep = tmp_path / "sweep"
+    args = TWO_NODES + RUN + ["trainer.save_every_steps=1", f"paths.cache_dir={cache_dir}", f"hydra.sweep.dir={sweep}"]
+    last = sweep / "0" / "checkpoints" / "last.pt"
+    job = submit(args, slurm_env)
+    try:
+        wait_for(last.is_file, 300, "the job's first checkpoint")
+        [job_id] = job_ids(sweep)
+        rank0, rank1 = (wait_for(lambda r=r: task_pid(job_id, r), 30, f"rank {r}'s process") for r in (0, 1))
+        os.kill(rank0, signal.SIGSTOP)  # hold rank 0, so the kill lands mid-training on any machine
+        saved = torch.load(last, weights_only=True)
+        os.kill(rank1, signal.SIGKILL)
+        os.kill(rank0, signal.SIGCONT)
+        info = finished_job_info(slurm_env, job_id)
+    finally:
+        job.kill()  # the submitter waits for rank 1's result, which never comes: without sacct it cannot know
+    assert info["JobState"] == "FAILED", info
+    logs = job_logs(sweep)
+    assert re.search(rf"error: rank 0 of 2 stopped at epoch \d+ step \d+ by \w+: .*; the last checkpoint, "
+                     rf"{re.escape(str(last))}, is intact", logs), logs[-3000:]
+    kept = torch.load(last, weights_only=True)  # a complete checkpoint, as new as the one seen before the kill
+    assert kept["step"] >= saved["step"] >= 1
+    again = run_train(args, env=slurm_env)  # the same command, the same sweep directory
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"resuming from {last}: epoch {kept['epoch'] + 1}, step {kept['step']}" in job_logs(sweep)
     assert_bit_identical(sweep / "0", two_node_run / "0")
