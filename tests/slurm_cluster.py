@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import socket
 import subprocess
@@ -110,15 +111,18 @@ def job_ids(sweep_dir: Path) -> list[str]:
 
 
 def task_pid(job_id: str, rank: int) -> int | None:
-    """Pid of the training process of task `rank` of a job (this machine runs every node)."""
+    """Pid of the training process of task `rank` of a job (this machine runs every node); not srun, whose command
+    line is the same, nor the process's loader workers (its children)."""
+    found = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            ppid = int(re.search(r"^PPid:\s*(\d+)", Path(f"/proc/{pid}/status").read_text(), re.M).group(1))
+        except (OSError, AttributeError):
             continue
-        argv = cmdline.split(b"\0")
-        if (b"submitit.core._submit" in argv and not argv[0].endswith(b"srun") and f"SLURM_JOB_ID={job_id}".encode() in environ
-                and f"SLURM_PROCID={rank}".encode() in environ):
-            return int(pid)
-    return None
+        if (b"submitit.core._submit" in argv and not argv[0].endswith(b"srun")
+                and f"SLURM_JOB_ID={job_id}".encode() in environ and f"SLURM_PROCID={rank}".encode() in environ):
+            found[int(pid)] = ppid
+    mains = [pid for pid, ppid in found.items() if ppid not in found]
+    return mains[0] if len(mains) == 1 else None
