@@ -9,12 +9,16 @@ import json
 import os
 import re
 import signal
+import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from conftest import TINY, run_train
+from conftest import REPO, TINY, run_train
 from slurm_cluster import TWO_NODES, finished_job_info, job_ids, slurm, slurm_env, submit, task_pid, wait_for  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -176,3 +180,45 @@ def test_a_rank_killed_outright_fails_the_job_and_a_resubmission_resumes(two_nod
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert f"resuming from {last}: epoch {kept['epoch'] + 1}, step {kept['step']}" in job_logs(sweep)
     assert_bit_identical(sweep / "0", two_node_run / "0")
+
+
+def test_a_sweep_is_one_job_array_with_its_parallelism_and_the_report_groups_its_seeds(cache_dir, tmp_path,
+                                                                                       slurm_env):
+    sweep = tmp_path / "sweep"
+    args = ["-m", "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0", "hydra.launcher.tasks_per_node=1",
+            "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=null", "hydra.launcher.timeout_min=10",
+            "hydra.launcher.array_parallelism=2", *TINY, "model=resnet18,resnet18_od", "trainer.seed=0,1",
+            "trainer.epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+            f"paths.cache_dir={cache_dir}", f"hydra.sweep.dir={sweep}"]
+    proc = run_train(args, env=slurm_env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # submitit's folders: `<array id>_<task>`, each task's logs
+    folders = sorted(p.name for p in (sweep / ".submitit").iterdir() if re.fullmatch(r"\d+_\d+", p.name))
+    array_ids = {name.split("_")[0] for name in folders}
+    assert len(folders) == 4 and len(array_ids) == 1, folders  # one array of four tasks
+    [array_id] = array_ids
+    script = (sweep / ".submitit" / array_id / f"{array_id}_submission.sh").read_text()
+    assert "#SBATCH --array=0-3%2" in script
+    tasks = [finished_job_info(slurm_env, name) for name in folders]
+    assert all(t["JobState"] == "COMPLETED" and t["ArrayJobId"] == array_id for t in tasks), tasks
+    spans = [(t["StartTime"], t["EndTime"]) for t in tasks]  # ISO times sort as strings
+    for start, _ in spans:  # array_parallelism: at no start were more than two tasks running
+        assert sum(s <= start < e for s, e in spans) <= 2, spans
+
+    out = tmp_path / "report"
+    report = subprocess.run([sys.executable, str(REPO / "scripts" / "report.py"), str(sweep), "--out", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr
+    md = (out / "results.md").read_text()
+    section = md.split("## Configurations")[1].split("\n## ")[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("| ")]
+    header, groups = rows[0], {row[0]: dict(zip(rows[0], row)) for row in rows[1:]}
+    assert sorted(groups) == ["od_resnet18 kernel_num=1 reduction=0.0625", "static_resnet18 kernel_num=0"], header
+    top1 = {}
+    for job_dir in sweep.glob("[0-9]*"):
+        name = yaml.safe_load((job_dir / "config.yaml").read_text())["model"]["name"]
+        top1.setdefault(name, []).append(json.loads((job_dir / "summary.json").read_text())["best_top1"])
+    for label, group in groups.items():
+        seeds = top1[label.split()[0]]
+        assert group["n"] == "2" and len(seeds) == 2
+        assert group["Top-1"] == f"{statistics.fmean(seeds):.2f} ± {statistics.stdev(seeds):.2f}"
