@@ -44,6 +44,12 @@ def _free_port_base() -> int:
     raise RuntimeError("no three consecutive free ports found for the test cluster")
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def slurm_env():
     """Environment variables that point Slurm's commands (and the jobs' submitit) at the test cluster."""

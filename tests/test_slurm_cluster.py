@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from conftest import REPO, TINY, run_train
-from slurm_cluster import TWO_NODES, finished_job_info, job_ids, slurm, slurm_env, submit, task_pid, wait_for  # noqa: F401
+from slurm_cluster import TWO_NODES, finished_job_info, free_port, job_ids, slurm, slurm_env, submit, task_pid, wait_for  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
@@ -222,3 +222,20 @@ def test_a_sweep_is_one_job_array_with_its_parallelism_and_the_report_groups_its
         seeds = top1[label.split()[0]]
         assert group["n"] == "2" and len(seeds) == 2
         assert group["Top-1"] == f"{statistics.fmean(seeds):.2f} ± {statistics.stdev(seeds):.2f}"
+
+
+def test_the_plain_sbatch_script_runs_torchrun_on_two_nodes(two_node_run, cache_dir, tmp_path, slurm_env):
+    """scripts/slurm/train.sbatch: srun starts a torchrun on each node, which meet on the first node (c10d); the two
+    ranks train what the submitit job on two nodes trained."""
+    out = tmp_path / "job.out"
+    env = {**slurm_env, "PYTHON": sys.executable, "NPROC_PER_NODE": "1", "RDZV_PORT": str(free_port()),
+           "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
+    proc = subprocess.run(["sbatch", "--wait", "--nodes=2", f"--output={out}", "scripts/slurm/train.sbatch", *RUN,
+                           f"paths.cache_dir={cache_dir}", f"paths.run_dir={tmp_path / 'run'}"],
+                          cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=600)
+    log = out.read_text() if out.is_file() else ""
+    assert proc.returncode == 0, proc.stderr + log[-3000:]
+    assert "2 node(s) x 1 process(es), rendezvous on 127.0.0.1:" in log and "2 process(es) on cpu" in log
+    w, ref = weights(tmp_path / "run"), weights(two_node_run / "0")
+    for k in ref:  # the same two ranks as the submitit job, on the same data: the same sums in the same order
+        assert torch.equal(w[k], ref[k]), f"{k} differs from the submitit job"
