@@ -54,7 +54,8 @@ write_config() {
   fi
   local i nodes=""
   for i in "${!NODES[@]}"; do
-    nodes+="NodeName=${NODES[i]} NodeHostname=$host Port=$((PORT + 1 + i)) CPUs=$CPUS RealMemory=4000 State=UNKNOWN"$'\n'
+    nodes+="NodeName=${NODES[i]} NodeHostname=$host Port=$((PORT + 1 + i)) CPUs=$CPUS RealMemory=4000"
+    nodes+=" State=UNKNOWN"$'\n'
   done
   cat >"$CONF.tmp" <<EOF
 # Written by scripts/local_slurm.sh: a two-node cluster on one machine.

@@ -205,6 +205,8 @@ def _report_failure(ctx: Ctx, state: State, error: Exception) -> None:
     """One line from every rank that stops on an error. When one rank of a job dies (killed, its node lost), the
     others fail in their next collective; their line, in the job's log, says so and where to resume from (a multirun
     job's traceback goes to Hydra's result, not to the log)."""
+    if isinstance(error, ConfigError):
+        return  # a user's mistake: train.py prints its one line
     last = ctx.ckpts.last
     saved = f"the last checkpoint, {last}, is intact" if last.is_file() else "no checkpoint was written yet"
     first_line = (str(error).strip().splitlines() or [""])[0]
