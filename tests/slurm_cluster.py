@@ -63,11 +63,31 @@ def slurm_env():
                         "sudo apt-get install slurmctld slurmd slurm-client munge")
         assert up.returncode == 0, up.stderr
         assert up.stdout.startswith("export SLURM_CONF=") and up.stdout.count("\n") == 1, up.stdout
+        again = subprocess.run(["bash", str(SCRIPT), "up"], env=env, capture_output=True, text=True, timeout=60)
+        assert (again.returncode, again.stdout) == (0, up.stdout), again.stderr  # reuses the running cluster
+        status = subprocess.run(["bash", str(SCRIPT), "status"], env=env, capture_output=True, text=True, timeout=60)
+        assert status.stdout.count(": running") == 4 and status.stdout.count(" idle") == 2, status.stdout
         yield {"SLURM_CONF": up.stdout.strip().split("=", 1)[1]}
     finally:
         down = subprocess.run(["bash", str(SCRIPT), "down"], env=env, capture_output=True, text=True, timeout=120)
+        left = cluster_processes(cluster_dir)
         shutil.rmtree(cluster_dir, ignore_errors=True)
         assert down.returncode == 0, down.stderr
+        assert not left, f"processes of the test cluster still running after `down`: {left}"
+
+
+def cluster_processes(cluster_dir: Path) -> list[str]:
+    """Daemons started with the cluster's files, and job steps started with its config (slurmstepd, tasks)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environ = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if str(cluster_dir) in cmdline or (f"SLURM_CONF={cluster_dir}" in environ and "SLURM_JOB_ID=" in environ):
+            found.append(f"{pid} {cmdline.strip()}")
+    return found
 
 
 def slurm(env: dict, *args: str) -> str:

@@ -12,6 +12,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,8 @@ import torch
 import yaml
 
 from conftest import REPO, TINY, run_train
-from slurm_cluster import TWO_NODES, finished_job_info, free_port, job_ids, slurm, slurm_env, submit, task_pid, wait_for  # noqa: F401
+from slurm_cluster import slurm_env  # noqa: F401  (the session's cluster, a fixture)
+from slurm_cluster import TWO_NODES, finished_job_info, free_port, job_ids, job_info, slurm, submit, task_pid, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -34,8 +36,8 @@ def weights(run_dir: Path) -> dict:
 
 
 def assert_bit_identical(run_dir: Path, reference: Path) -> None:
-    got, want = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True), \
-        torch.load(reference / "checkpoints" / "last.pt", weights_only=True)
+    got = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    want = torch.load(reference / "checkpoints" / "last.pt", weights_only=True)
     assert (got["epoch"], got["step"]) == (want["epoch"], want["step"])
     for key in want["model"]:
         assert torch.equal(got["model"][key], want["model"][key]), f"{key} differs from the run never stopped"
@@ -97,7 +99,15 @@ def test_a_job_signalled_by_slurm_is_requeued_and_resumes_bit_identical(two_node
         # The signal the launcher asked Slurm to send before the time limit (`#SBATCH --signal=SIG@seconds`).
         script = (sweep / ".submitit" / job_id / f"{job_id}_submission.sh").read_text()
         signal_name = re.search(r"#SBATCH --signal=(\w+)@\d+", script).group(1)
-        slurm(slurm_env, "scancel", f"--signal={signal_name}", job_id)
+        # Rank 0 held still while the signal travels, so it lands mid-training on any machine.
+        rank0 = wait_for(lambda: task_pid(job_id, 0), 30, "rank 0's process")
+        os.kill(rank0, signal.SIGSTOP)
+        try:
+            slurm(slurm_env, "scancel", f"--signal={signal_name}", job_id)
+            time.sleep(2)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(rank0, signal.SIGCONT)
         out, _ = job.communicate(timeout=300)
     finally:
         job.kill()
@@ -113,27 +123,32 @@ def test_a_job_signalled_by_slurm_is_requeued_and_resumes_bit_identical(two_node
 
 
 def test_a_job_reaching_its_time_limit_saves_is_requeued_and_resumes_bit_identical(cache_dir, tmp_path, slurm_env):
-    """timeout_min=1 and signal_delay_s=50: Slurm signals the job 50 s before its limit. slurmctld checks time limits
-    every 30 s, so the signal comes 10 to 40 s after the start, whatever the machine's speed; the test holds the
-    training process (SIGSTOP) from its first step until the signal is pending, so it lands in the middle of the
-    training on any machine (Slurm sends SIGCONT with its signal). One rank, with a loader worker, which gets the signal too."""
+    """The launcher's signal_delay_s=30 before the time limit, sent by slurmctld's own time-limit check. The job is
+    submitted with 10 minutes; once it trains, the test holds the training process (SIGSTOP) and shortens the job's
+    limit to 1 minute, as a job nearing its end: Slurm then signals it at its next check (every 30 s; "up to 60 s
+    earlier than specified", says sbatch(1)), with a SIGCONT, so the signal lands mid-training on any machine. The
+    requeued job gets its 10 minutes back, so it is not signalled again while it starts. One rank, with a loader
+    worker, which gets the signal too."""
     run = RUN + ["data.workers=1", f"paths.cache_dir={cache_dir}"]
     sweep = tmp_path / "sweep"
     args = ["-m", "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0", "hydra.launcher.tasks_per_node=1",
-            "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=null", "hydra.launcher.timeout_min=1",
-            "hydra.launcher.signal_delay_s=50", "hydra.launcher.max_num_timeout=3", *run, f"hydra.sweep.dir={sweep}"]
+            "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=null", "hydra.launcher.timeout_min=10",
+            "hydra.launcher.signal_delay_s=30", "hydra.launcher.max_num_timeout=3", *run, f"hydra.sweep.dir={sweep}"]
     job = submit(args, slurm_env)
     try:
         wait_for(lambda: train_records(sweep / "0"), 300, "the job's first training step")
         [job_id] = job_ids(sweep)
         pid = wait_for(lambda: task_pid(job_id, 0), 30, "the training process")
         os.kill(pid, signal.SIGSTOP)
-        try:  # Slurm sends SIGCONT with its signal, so the process runs on by itself then
-            wait_for(lambda: "stopped by SIGUSR2" in job_logs(sweep), 90, "Slurm's signal before the time limit",
+        try:
+            slurm(slurm_env, "scontrol", "update", f"JobId={job_id}", "TimeLimit=1")
+            wait_for(lambda: "stopped by SIGUSR2" in job_logs(sweep), 120, "Slurm's signal before the time limit",
                      poll=0.5)
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
+        wait_for(lambda: job_info(slurm_env, job_id)["JobState"] == "PENDING", 60, "the requeued job")
+        slurm(slurm_env, "scontrol", "update", f"JobId={job_id}", "TimeLimit=10")
         reference = tmp_path / "reference"  # the same run in one process, never stopped
         p1 = run_train(run + [f"paths.run_dir={reference}"])
         assert p1.returncode == 0, p1.stderr
