@@ -231,18 +231,3 @@ def test_a_crash_exits_1_with_its_traceback(error, tmp_path):
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" in proc.stderr and "a bug" in proc.stderr
-
-
-def test_slurm_launcher_config_requeues_and_signals_before_the_limit():
-    from hydra import compose, initialize_config_dir
-
-    from train.config import register
-
-    register()
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose("train", overrides=["hydra/launcher=slurm", "experiment=resnet50_od4x"], return_hydra_config=True)
-    launcher = cfg.hydra.launcher
-    assert launcher._target_.endswith("SlurmLauncher")
-    assert launcher.tasks_per_node == launcher.gpus_per_node == 8  # one training process per GPU
-    assert launcher.max_num_timeout > 0 and launcher.signal_delay_s > 0  # requeue, with time to write a checkpoint
-    assert cfg.hydra.output_subdir is None and not cfg.hydra.job.chdir  # no per-process directories

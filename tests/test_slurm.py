@@ -1,7 +1,8 @@
 """Sweeps and the Slurm path. hydra-submitit-launcher through submitit's local executor: two tasks of one job form the
 process group from the job environment and share the job directory as their run directory (a requeued job re-runs in
 that directory and auto-resumes from its checkpoint, as tests/test_resume.py checks for any run directory). A sweep
-over experiments and seeds: one job per combination, each in its own directory, locally one after another."""
+over experiments and seeds: one job per combination, each in its own directory, locally one after another.
+The same commands against a real Slurm cluster are in test_slurm_cluster.py."""
 from __future__ import annotations
 
 import json
@@ -56,7 +57,9 @@ def test_a_sweep_of_experiments_and_seeds_composes_for_the_slurm_array():
                 hydra_cfg = cfg.pop("hydra")
             launcher = hydra_cfg.launcher
             assert launcher._target_.endswith("SlurmLauncher") and launcher.array_parallelism > 0
-            assert (launcher.tasks_per_node, launcher.max_num_timeout > 0) == (launcher.gpus_per_node, True)
+            assert launcher.tasks_per_node == launcher.gpus_per_node  # one training process per GPU
+            assert launcher.max_num_timeout > 0 and launcher.signal_delay_s > 0  # requeue, time to write a checkpoint
+            assert hydra_cfg.output_subdir is None and not hydra_cfg.job.chdir  # no per-process directories
             assert job_dir.startswith("/shared/runs/multirun/") and job_dir.endswith(f"/{num}")
             dirs.add(job_dir)
             c = validate(cfg)
@@ -77,7 +80,10 @@ def test_local_multirun_runs_the_jobs_one_after_another_each_in_its_own_director
         job = sweep / str(seed)
         assert json.loads((job / "summary.json").read_text())["status"] == "completed"
         assert f"seed: {seed}" in (job / "config.yaml").read_text() and (job / "checkpoints" / "last.pt").is_file()
-    first_of_second = json.loads((sweep / "1" / "metrics.jsonl").read_text().splitlines()[0])
-    assert (sweep / "0" / "summary.json").stat().st_mtime <= (sweep / "1" / "metrics.jsonl").stat().st_mtime
-    assert first_of_second["kind"] == "train"
+    # One after another: the second job logged its first record after the first job logged its last (its validation);
+    # jobs run side by side would interleave their records.
+    times = {seed: [json.loads(line)["time"] for line in (sweep / str(seed) / "metrics.jsonl").read_text().splitlines()]
+             for seed in (0, 1)}
+    assert times[0] == sorted(times[0]) and times[1] == sorted(times[1])
+    assert max(times[0]) <= min(times[1]), times
     assert proc.stdout.count("run dir ") + proc.stderr.count("run dir ") == 2  # two jobs in one process

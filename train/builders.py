@@ -16,6 +16,7 @@ from . import distributed
 from .config import MODEL_KWARGS, ConfigError, ModelConfig, TrainConfig, model_family
 from .datasets import DatasetRootError, build_datasets, collate_skip_none
 from .distributed import DistInfo, EvalShardSampler, ResumableSampler, SeededDataset
+from .signals import ignore_stop_signals
 from .transforms import build_transforms
 
 
@@ -100,6 +101,7 @@ def build_loaders(c: TrainConfig, di: DistInfo) -> Loaders:
     local_batch = d.global_batch_size // (di.world_size * c.trainer.accum_steps)
     micro_global = d.global_batch_size // c.trainer.accum_steps  # images per micro-step over all ranks
     common = dict(num_workers=d.workers, pin_memory=di.device.type == "cuda", persistent_workers=False,
+                  worker_init_fn=ignore_stop_signals,  # the main process alone saves and requeues on a signal
                   # A private generator: creating a loader iterator must not draw from the global RNG, whose
                   # state (dropout) is saved in checkpoints; with it, a resumed run draws what a straight one does.
                   generator=torch.Generator().manual_seed(c.trainer.seed))

@@ -11,6 +11,7 @@ import contextlib
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -178,6 +179,10 @@ def _train(c: TrainConfig, di: DistInfo) -> dict:
         status = "failed"
         log.error(str(e))
         raise
+    except Exception as e:
+        status = "failed"
+        _report_failure(ctx, state, e)
+        raise
     except BaseException:
         status = "failed"
         raise
@@ -194,6 +199,20 @@ def _train(c: TrainConfig, di: DistInfo) -> dict:
     else:
         ctx.stop.chain()  # under submitit: its own handler requeues the job
     return summary
+
+
+def _report_failure(ctx: Ctx, state: State, error: Exception) -> None:
+    """One line from every rank that stops on an error. When one rank of a job dies (killed, its node lost), the
+    others fail in their next collective; their line, in the job's log, says so and where to resume from (a multirun
+    job's traceback goes to Hydra's result, not to the log)."""
+    if isinstance(error, ConfigError):
+        return  # a user's mistake: train.py prints its one line
+    last = ctx.ckpts.last
+    saved = f"the last checkpoint, {last}, is intact" if last.is_file() else "no checkpoint was written yet"
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    print(f"error: rank {ctx.di.rank} of {ctx.di.world_size} stopped at epoch {state.epoch + 1} step {state.step} by "
+          f"{type(error).__name__}: {first_line}; {saved}; run the same command with the same run directory to "
+          f"resume", file=sys.stderr, flush=True)
 
 
 def train_one_epoch(ctx: Ctx, state: State) -> str | None:

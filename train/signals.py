@@ -10,16 +10,28 @@ import signal
 import threading
 
 
+def stop_signals() -> set[int]:
+    sigs = {signal.SIGTERM, signal.SIGUSR1}
+    if "SUBMITIT_EXECUTOR" in os.environ:  # submitit requeues on this one (USR2 unless configured otherwise)
+        sigs.add(getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")))
+    return sigs
+
+
+def ignore_stop_signals(worker_id: int | None = None) -> None:
+    """A DataLoader worker's init: Slurm signals every process of a job step, loader workers included, and a worker
+    that inherited submitit's handler would requeue the job before the main process saved its checkpoint (or die,
+    and take the main process with it). Only the main process acts on a stop request."""
+    for sig in stop_signals():
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class StopRequest:
     def __init__(self):
         self.signum: int | None = None
         self._previous: dict[int, object] = {}
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be installed from the main thread
-        sigs = {signal.SIGTERM, signal.SIGUSR1}
-        if "SUBMITIT_EXECUTOR" in os.environ:  # submitit requeues on this one (USR2 unless configured otherwise)
-            sigs.add(getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")))
-        for sig in sigs:
+        for sig in stop_signals():
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
