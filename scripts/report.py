@@ -343,7 +343,9 @@ def watch(paths: list[str | Path], out_dir: str | Path, title: str, interval_s: 
     while iterations is None or done < iterations:
         try:
             state = _fingerprint(paths)
-        except ReportError:  # the sweep has not written its first run yet
+        except ReportError as err:  # the sweep has not written its first run yet
+            if done == 0:
+                on_write(f"waiting for runs: {err}")
             state = None
         if state is not None and state != last:
             md, page = write_report(paths, out_dir, title, refresh_s=interval_s)
