@@ -189,8 +189,8 @@ def group_runs(runs: list[Run]) -> list[Group]:
             else f"path:{run.path}"
         keyed.setdefault(key, []).append(run)
     members = list(keyed.values())
-    labels = describe([dashboard.configuration(g[0].config) for g in members]) if len(members) > 1 else \
-        [str(members[0][0].get("run_name") or _model_name(members[0][0]))] if members else []
+    labels = describe([dashboard.configuration(g[0].config) if g[0].config else {"model.name": _model_name(g[0])}
+                       for g in members])
     groups = []
     for label, group in zip(labels, members):
         values: dict[str, list[float]] = {}

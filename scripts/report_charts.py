@@ -117,7 +117,8 @@ def curves_figure(groups: list[tuple[str, list[Series]]], *, x_title: str, y_tit
         x, mean, low, high = _mean_band(series)
         n = len(series)
         if n > 1 and x:
-            fig.add_trace(go.Scatter(x=x + x[::-1], y=high + low[::-1], fill="toself", fillcolor=color(i, 0.18),
+            fig.add_trace(go.Scatter(x=x + x[::-1], y=high + low[::-1], mode="lines", fill="toself",
+                                     fillcolor=color(i, 0.18),
                                      line=dict(width=0), hoverinfo="skip", showlegend=False, legendgroup=label,
                                      name=f"{label} ± std"))
             mean_view.append(True), run_view.append(False)
