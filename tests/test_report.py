@@ -260,6 +260,8 @@ def test_chromium_loads_the_sweeps_report_without_console_messages_and_renders_e
     assert texts(curves, "xtick") == ["1", "2"]  # whole epochs
     assert sorted(texts(curves, "legendtext")) == ["od_resnet18 (n=2)", "static_resnet18 (n=2)"]
     assert curves.count('class="js-fill"') >= 2  # the ± std band of each configuration
+    assert texts(curves, "updatemenu-item-text") == ["mean ± std over seeds", "single runs"]
+    assert all('class="modebar' in chart(dom, div) for div in ids)  # zoom, pan, reset, download
     legends = {div: texts(chart(dom, div), "legendtext") for div in ids if div.startswith("run-")}
     order = re.findall(r"<h3>([^<]+)</h3>", dom)
     for label, div in zip(order, sorted(legends)):
