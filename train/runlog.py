@@ -99,7 +99,12 @@ class RunLogger:
 
     def figures(self, summary: dict) -> dict:
         """The run's figures from summary.json and the whole metrics.jsonl (earlier sessions of a resumed run too)."""
-        records = [json.loads(line) for line in (self.run_dir / "metrics.jsonl").read_text().splitlines() if line]
+        records = []
+        for line in (self.run_dir / "metrics.jsonl").read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by a killed earlier session: the summary must still be written
+                continue
         train = [r for r in records if r.get("kind") == "train"]
         val = [r for r in records if r.get("kind") == "val"]
         macs = dashboard.model_macs(self.config, summary.get("params"))
