@@ -34,6 +34,7 @@ class Bar:
     std: float | None  # None for one run: no spread to draw
     n: int
     paper: float | None = None  # the published top-1 of its row (ImageNet runs only)
+    index: int = 0  # the configuration's place in the report: its colour, the same in every chart
 
 
 def plotly_js() -> str:
@@ -59,21 +60,19 @@ def integer_ticks(last: float) -> dict:
 
 
 def bars_figure(bars: list[Bar]) -> go.Figure | None:
-    """Horizontal bars, one per configuration (labels stay horizontal and readable at any count), coloured by
-    backbone, the std over seeds as error bars; the published top-1 as a diamond where there is one."""
+    """Horizontal bars, one per configuration (labels stay horizontal and readable at any count) in its colour,
+    the std over seeds as error bars; the published top-1 as a diamond where there is one."""
     bars = [b for b in bars if b.mean is not None]
     if not bars:
         return None
-    fig = go.Figure()
-    backbones = list(dict.fromkeys(b.backbone for b in bars))
-    for i, bb in enumerate(backbones):
-        mine = [b for b in bars if b.backbone == bb]
-        fig.add_trace(go.Bar(
-            name=bb, orientation="h", y=[b.label for b in mine], x=[b.mean for b in mine],
-            error_x=dict(type="data", array=[b.std or 0.0 for b in mine], visible=True, thickness=1.5, width=6),
-            marker_color=color(i, 0.8), texttemplate="%{x:.2f}", textposition="inside", insidetextanchor="start",
-            customdata=[[f"{b.std:.2f}" if b.std is not None else "—", b.n] for b in mine],
-            hovertemplate="%{y}<br>top-1 %{x:.2f} ± %{customdata[0]} (n=%{customdata[1]})<extra></extra>"))
+    fig = go.Figure(go.Bar(
+        name="ours", orientation="h", y=[b.label for b in bars], x=[b.mean for b in bars], showlegend=False,
+        error_x=dict(type="data", array=[b.std or 0.0 for b in bars], visible=True, thickness=1.5, width=6),
+        marker_color=[color(b.index, 0.8) for b in bars], texttemplate="%{x:.2f}", textposition="inside",
+        insidetextanchor="start",
+        customdata=[[f"{b.std:.2f}" if b.std is not None else "—", b.n, b.backbone] for b in bars],
+        hovertemplate="%{y} (%{customdata[2]})<br>top-1 %{x:.2f} ± %{customdata[0]} (n=%{customdata[1]})"
+                      "<extra></extra>"))
     published = [b for b in bars if b.paper is not None]
     if published:
         fig.add_trace(go.Scatter(
@@ -83,9 +82,9 @@ def bars_figure(bars: list[Bar]) -> go.Figure | None:
     values = [b.mean - (b.std or 0) for b in bars] + [b.paper for b in published]
     high = max([b.mean + (b.std or 0) for b in bars] + [b.paper for b in published])
     fig.update_layout(
-        barmode="group", height=140 + 34 * len(bars), font=FONT, template="plotly_white",
-        margin=dict(l=10, r=20, t=50, b=50), showlegend=len(backbones) > 1 or bool(published),
-        legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0, title_text="backbone "),
+        height=140 + 34 * len(bars), font=FONT, template="plotly_white",
+        margin=dict(l=10, r=20, t=50, b=50), showlegend=bool(published),
+        legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
         xaxis=dict(title="best validation top-1 (%), mean ± std over seeds",
                    range=[max(0.0, min(values) - 5.0), min(100.5, high + 2.0)]),
         yaxis=dict(autorange="reversed", automargin=True))
@@ -107,13 +106,13 @@ def _mean_band(series: list[Series]):
 
 def curves_figure(groups: list[tuple[str, list[Series]]], *, x_title: str, y_title: str) -> go.Figure | None:
     """Per configuration: the mean over its runs with a ± std band; a button switches to every single run."""
-    groups = [(label, [s for s in series if s.points]) for label, series in groups]
-    groups = [(label, series) for label, series in groups if series]
+    groups = [(i, label, [s for s in series if s.points]) for i, (label, series) in enumerate(groups)]
+    groups = [(i, label, series) for i, label, series in groups if series]
     if not groups:
         return None
     fig = go.Figure()
     mean_view, run_view = [], []
-    for i, (label, series) in enumerate(groups):
+    for i, label, series in groups:
         x, mean, low, high = _mean_band(series)
         n = len(series)
         if n > 1 and x:
@@ -132,7 +131,7 @@ def curves_figure(groups: list[tuple[str, list[Series]]], *, x_title: str, y_tit
                                      marker=dict(size=4), hovertemplate=f"{s.label}<br>%{{x}}: %{{y:.3g}}"
                                                                         "<extra></extra>"))
             mean_view.append(False), run_view.append(True)
-    last = max(p[0] for _, series in groups for s in series for p in s.points)
+    last = max(p[0] for _, _, series in groups for s in series for p in s.points)
     fig.update_layout(
         height=420, font=FONT, template="plotly_white", margin=dict(l=10, r=10, t=60, b=50),
         legend=dict(orientation="h", yanchor="top", y=-0.18, x=0),

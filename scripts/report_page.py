@@ -58,12 +58,12 @@ def _chart(fig, div_id: str, caption: str) -> str:
 
 def _bars(groups: list[Group]) -> list[charts.Bar]:
     out = []
-    for g in groups:
+    for i, g in enumerate(groups):
         if g.mean("best_top1") is None:
             continue
         row = dashboard.paper_row(g.runs[0].config)
         out.append(charts.Bar(g.label, g.backbone, g.mean("best_top1"), g.std("best_top1"),
-                              len(g.metrics["best_top1"]), row.top1 if row else None))
+                              len(g.metrics["best_top1"]), row.top1 if row else None, i))
     return out
 
 
