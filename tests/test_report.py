@@ -268,6 +268,7 @@ def test_chromium_loads_the_sweeps_report_without_console_messages_and_renders_e
         assert ("temperature" in legends[div]) == label.startswith("od_resnet18"), (label, legends[div])
 
 
+@pytest.mark.slow  # needs chromium, which the first use may install
 def test_console_messages_and_errors_are_caught(tmp_path):
     """The check above would see a script error: a page with one is reported."""
     page = tmp_path / "bad.html"
