@@ -3,6 +3,7 @@ of metrics.jsonl, the config as hyperparameters (the HParams tab) and the final 
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import yaml
@@ -57,3 +58,21 @@ def test_tensorboard_event_files_hold_scalars_hyperparameters_and_final_metrics(
     final = {tag: events.Scalars(tag)[-1].value for tag in metric_tags}
     assert final["summary/best_top1"] == pytest.approx(summary["best_top1"], rel=1e-6)
     assert final["summary/params_m"] == pytest.approx(summary["params"] / 1e6, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_a_resumed_run_writes_each_step_once(cache_dir, tmp_path):
+    """A run that dies after step 5 with its last checkpoint at step 3 (the end of epoch 1) trains steps 4 and 5
+    again: TensorBoard drops their first events (purge_step), so each step appears once, as in metrics.jsonl."""
+    run_dir = tmp_path / "run"
+    common = TINY + [f"paths.cache_dir={cache_dir}", f"paths.run_dir={run_dir}", "logger=tensorboard",
+                     "trainer.epochs=2", "trainer.limit_train_batches=3", "trainer.limit_val_batches=1"]
+    assert run(compose_cfg(common + ["trainer.stop_after_steps=5"]))["status"] == "preempted"
+    shutil.copy(run_dir / "checkpoints" / "epoch_0001.pt", run_dir / "checkpoints" / "last.pt")  # lose steps 4-5
+    assert run(compose_cfg(common))["status"] == "completed"
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in lines if r["kind"] == "train"]
+    assert [s.step for s in events.Scalars("train/loss")] == [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
+    assert [s.value for s in events.Scalars("train/loss")] == pytest.approx([r["loss"] for r in train], rel=1e-6)
