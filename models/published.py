@@ -43,7 +43,8 @@ class ComparisonRow(NamedTuple):
     note: str  # how the published count relates to ours
 
 
-# The paper's comparison with earlier dynamic convolutions on ResNet18 (params only, as quoted in issue 11).
+# The paper's comparison with earlier dynamic convolutions on ResNet18 (params only; each published count is
+# rebuilt by arithmetic in its note).
 # Keyed like PAPER_ROWS, by (zoo model, kernels); the notes are checked by tests/test_complexity.py.
 COMPARISON_ROWS: dict[tuple[str, int], ComparisonRow] = {
     ("condconv_resnet18", 8): ComparisonRow(

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The proxy study (issue 11, item 4): the paper's comparison of dynamic convolutions, run on a CPU.
+# The proxy study: the paper's comparison of dynamic convolutions, run on a CPU (no ImageNet or GPU here), to see
+# whether the ranking of static, CondConv, DyConv and ODConv holds on a small problem.
 #
 #     scripts/proxy_study.sh [OUT] [Hydra overrides for every run ...]
 #

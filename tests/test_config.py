@@ -92,8 +92,8 @@ BEFORE_RECIPES = yaml.safe_load((REPO / "tests" / "fixtures" / "composed_experim
 
 @pytest.mark.parametrize("name", sorted(BEFORE_RECIPES))
 def test_experiments_compose_to_the_configs_they_had_before_the_recipe_group(name):
-    """Issue 13: the experiment files name a model and a recipe; the run they describe must not change. Three kinds of
-    key moved on purpose and are compared by the value the run uses: the dropout is the builder's and mean/std/crop_pct
+    """Since the recipe group, the experiment files name a model and a recipe; the run they describe must not change.
+    Three kinds of key moved on purpose and are compared by the value the run uses: the dropout is the builder's and mean/std/crop_pct
     the model's pretrained_cfg (null in the config), and static models no longer carry ODConv's reduction (never
     passed)."""
     before = BEFORE_RECIPES[name]
@@ -152,8 +152,8 @@ def test_only_the_model_keys_a_config_sets_reach_the_builder():
 
 @pytest.mark.parametrize("option", ["mobilenetv2_100_od", "resnet18_od", "resnet18"])
 def test_dropout_and_input_statistics_have_one_source(option):
-    """Issue 13: unset in the model config, the dropout is the builder's; unset in the data config, mean/std/crop_pct
-    are the model's pretrained_cfg. The demo data keeps its own crop_pct (its images are 32x32 already)."""
+    """One source per default: unset in the model config, the dropout is the builder's; unset in the data config,
+    mean/std/crop_pct are the model's pretrained_cfg. The demo data keeps its own crop_pct (its images are 32x32 already)."""
     import timm
     from timm.data import resolve_model_data_config
 

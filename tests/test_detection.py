@@ -67,7 +67,7 @@ def test_bad_backbone_arguments_raise(cfg, message):
         MODELS.build(cfg)
 
 
-# Published detectors at 80 classes without the backbone's unused ImageNet classifier (issue 5): the released
+# Published detectors at 80 classes without the backbone's unused ImageNet classifier: the released
 # table's 43.80 / 108.91 / 21.13 / 29.14 / 46.45 / 111.56 / 23.78 / 31.80 M include it.
 PARAMS_M = {
     "faster-rcnn_r50_fpn_1x_coco.py": 41.75,

@@ -129,6 +129,7 @@ class WandbConfig:
 @dataclass
 class LoggerConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    tensorboard: bool = False  # event files in <run_dir>/tensorboard: scalars, the config as hparams, final metrics
 
 
 @dataclass

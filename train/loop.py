@@ -150,8 +150,8 @@ def _train(c: TrainConfig, di: DistInfo) -> dict:
         ctx.net = torch.compile(ctx.net)
     resolved = OmegaConf.to_container(OmegaConf.structured(c))
     log.write_config(OmegaConf.to_yaml(resolved))
-    state.wandb_id = distributed.broadcast_object(log.start_wandb(c.logger.wandb, state.wandb_id, resolved,
-                                                                  run_dir.name))
+    state.wandb_id = distributed.broadcast_object(log.start_dashboards(c.logger, state.wandb_id, resolved,
+                                                                       run_dir.name))
     params = count_params(model)
     log.info(f"run dir {run_dir} | {c.model.name} kernel_num={c.model.kernel_num} params={params / 1e6:.2f}M | "
              f"{di.world_size} process(es) on {di.device.type} | global batch {c.data.global_batch_size}, "
