@@ -307,6 +307,8 @@ def group_row(group: Group) -> dict[str, str]:
         "K": _kind(first),
         "Data": str(first.get("data.name", DASH)),
         "n": str(len(group.runs)),
+        # The last evaluation first: the best over epochs is picked on the validation set itself and reads high.
+        "Final top-1": _mean_std(v.get("final_top1", [])),
         "Top-1": _mean_std(v.get("top1", [])),
         "Top-5": _mean_std(v.get("top5", [])),
         "Params (M)": _mean_std(v.get("params", [])),

@@ -99,6 +99,7 @@ def test_seeds_of_one_configuration_are_grouped_and_sorted_within_their_backbone
     assert (od["K"], od["Top-5"], od["Params (M)"], od["Images/s"]) == ("4", "91.60 ± 0.00", "44.90 ± 0.00", "110 ± 10")
     assert od["Paper top-1"] == "74.19" and od["Δ top-1"] == f"{statistics.fmean(seeds) - 74.19:+.2f}"
     assert static["Top-1"] == "72.00 ± —" and r50["Paper top-1"] == "76.23" and demo["Paper top-1"] == "—"  # n = 1
+    assert (r50["Final top-1"], demo["Final top-1"]) == ("77.00 ± —", "82.50 ± —")  # summary's; else the last record
     assert od["MACs (M)"].endswith("± 0.0") and float(od["MACs (M)"].split()[0]) > float(static["MACs (M)"].split()[0])
     assert od["Configuration"] == "od_resnet18 kernel_num=4 data.name=imagenet trainer.epochs=3"  # what differs between groups
     runs_table = {r["Run"]: r for r in t["Runs"]}
