@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from conftest import compose_cfg
+from conftest import REPO, compose_cfg
 from train.config import ConfigError, validate
 from train.evaluate import evaluate
 from train.loop import run
@@ -143,3 +143,20 @@ def test_a_run_with_precise_bn_trains_exactly_as_without_and_logs_both_evaluatio
     assert val_precise[0]["loss"] != val_precise[0]["running_loss"]
     saved = torch.load(tmp_path / "precise" / "checkpoints" / "last.pt", weights_only=True)
     assert saved["model"]["bn1.num_batches_tracked"].item() == 2  # the checkpoint holds the recalibrated statistics
+
+
+def test_eval_modes_prints_one_row_per_epoch_with_each_mode(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("eval_modes", REPO / "scripts" / "eval_modes.py")
+    eval_modes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(eval_modes)
+    records = [dict(kind="train", epoch=0, step=1, loss=2.5), dict(kind="train", epoch=0, step=2, loss=2.3),
+               dict(kind="val", epoch=0, step=2, loss=2.7, top1=17.5, running_loss=173.0, running_top1=10.0,
+                    batch_stats_loss=2.705, batch_stats_top1=20.28),
+               dict(kind="val", epoch=1, step=4, loss=1.9, top1=32.0)]  # logged without the diagnostics
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    assert eval_modes.main([str(tmp_path)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert rows == ["| 1 | 2.400 | 17.50 / 2.700 | 10.00 / 173.000 | 20.28 / 2.705 |",
+                    "| 2 | — | 32.00 / 1.900 | — | — |"]
