@@ -19,7 +19,6 @@ from torch import nn
 from odconv import ODAttention
 
 from . import checkpoint as ckpt_lib
-from . import distributed
 
 
 def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
