@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -80,3 +81,7 @@ esac
     assert runs == [f"paths.run_dir={tmp_path / 'study'}/{label}-seed{seed}"
                     for label, seed in [("od1x_bn", 0), ("od1x_bn", 1), ("static", 0), ("static", 1)]]
     assert all(line.endswith(("model=resnet18", "model.attention_norm=batch")) for line in calls.read_text().splitlines())
+    # Every model, static included, gets the study's recipe (lr warm-up, precise BN) in the same words.
+    recipe = re.search(r'^recipe="([^"]*)"$', (REPO / "scripts" / "proxy_study.sh").read_text(), re.M).group(1)
+    assert "trainer.precise_bn_batches=" in recipe and "sched.warmup_epochs=" in recipe
+    assert all(f" {recipe} " in line for line in calls.read_text().splitlines())

@@ -106,6 +106,12 @@ class TrainerConfig:
     seed: int = 0
     deterministic: bool = False  # torch.use_deterministic_algorithms; needed for bit-exact resume on GPU
     eval_every: int = 1  # epochs
+    # Before each evaluation, recompute every BatchNorm's running statistics as the average over this many training
+    # batches of the current network (precise BN; train/precise_bn.py). 0 = off: the moving averages of training.
+    precise_bn_batches: int = 0
+    # Also log, per evaluation, top-1/loss with batch statistics (train-mode BatchNorm) and, under precise BN, with
+    # the moving averages before recalibration: which of the network or its statistics is off (costs 1-2 passes).
+    val_bn_diagnostics: bool = False
     log_every: int = 50  # optimizer steps
     keep_last: int = 3  # epoch checkpoints kept besides last.pt and best.pt
     save_every_steps: int = 0  # also write last.pt every N steps inside an epoch (0 = only at epoch end)
@@ -229,7 +235,7 @@ def validate(cfg: DictConfig | TrainConfig, world_size: int = 1) -> TrainConfig:
         raise ConfigError(f"trainer.ema_decay must be in (0, 1), got {t.ema_decay}")
     for key in ("eval_every", "log_every"):
         _positive(f"trainer.{key}", getattr(t, key))
-    for key in ("keep_last", "save_every_steps"):
+    for key in ("keep_last", "save_every_steps", "precise_bn_batches"):
         _positive(f"trainer.{key}", getattr(t, key), allow_zero=True)
     for key in ("limit_train_batches", "limit_val_batches", "stop_after_steps", "threads"):
         if getattr(t, key) is not None:

@@ -15,7 +15,7 @@ import statistics
 # Config keys that do not change what a run measures: runs differing only in these are seeds of one configuration.
 NOT_CONFIGURATION = ("trainer.seed", "paths", "logger", "run_name", "mode", "checkpoint", "data.root", "data.workers",
                      "trainer.progress", "trainer.log_every", "trainer.keep_last", "trainer.save_every_steps",
-                     "trainer.threads", "trainer.stop_after_steps")
+                     "trainer.threads", "trainer.stop_after_steps", "trainer.val_bn_diagnostics")
 
 
 # Model families whose attention has a temperature (odconv/temperature.py anneals it); the others log one that

@@ -1,6 +1,7 @@
 """Evaluation: top-1/top-5 over the validation set across ranks, and `mode=eval` on a saved or released checkpoint."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -13,6 +14,7 @@ from . import distributed
 from .builders import build_loaders, build_model
 from .config import ConfigError, TrainConfig
 from .distributed import DistInfo
+from .precise_bn import batch_statistics
 from .skipped import SkipReport
 
 
@@ -23,9 +25,18 @@ def autocast(c: TrainConfig, device: torch.device):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device, autocast, limit: int | None = None) -> dict:
-    """Loss, top-1 and top-5 (percent) over the validation set, each image counted once across all ranks."""
-    model.eval()
+def evaluate(model: nn.Module, loader, device: torch.device, autocast, limit: int | None = None, *,
+             batch_stats: bool = False) -> dict:
+    """Loss, top-1 and top-5 (percent) over the validation set, each image counted once across all ranks.
+    batch_stats: BatchNorm normalises with each validation batch's own statistics (train-mode BatchNorm, dropout
+    off; the running statistics are left untouched), the diagnostic beside the usual eval mode."""
+    with batch_statistics(model) if batch_stats else contextlib.nullcontext():
+        if not batch_stats:
+            model.eval()
+        return _evaluate(model, loader, device, autocast, limit)
+
+
+def _evaluate(model: nn.Module, loader, device: torch.device, autocast, limit: int | None) -> dict:
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top-1 hits, top-5 hits, images
     for i, batch in enumerate(loader):
         if limit is not None and i >= limit:

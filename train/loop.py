@@ -35,6 +35,7 @@ from .evaluate import autocast, evaluate, evaluate_checkpoint
 from .loss import build_criterion
 from .mixup import build_mixup
 from .optim import build_optimizer, build_scheduler, set_schedule_position
+from .precise_bn import recalibrate_bn
 from .runlog import RunLogger
 from .signals import StopRequest
 from .skipped import SkipReport
@@ -319,13 +320,28 @@ def _epoch_batches(ctx: Ctx, state: State):
 
 def _validate(ctx: Ctx, state: State) -> bool:
     """Evaluate the model (and its EMA), log, and say whether this is the best top-1 so far."""
-    limit = ctx.c.trainer.limit_val_batches
+    t = ctx.c.trainer
+    limit = t.limit_val_batches
+    extra, note = {}, ""
+    if t.val_bn_diagnostics:  # before any recalibration: what the moving averages and batch statistics give
+        b = evaluate(ctx.model, ctx.loaders.val, ctx.di.device, ctx.autocast, limit, batch_stats=True)
+        extra.update(batch_stats_loss=b["loss"], batch_stats_top1=b["top1"])
+        note = f" | batch statistics: loss {b['loss']:.4f} top-1 {b['top1']:.2f}%"
+        if t.precise_bn_batches:
+            r = evaluate(ctx.model, ctx.loaders.val, ctx.di.device, ctx.autocast, limit)
+            extra.update(running_loss=r["loss"], running_top1=r["top1"])
+            note = f" | moving averages: loss {r['loss']:.4f} top-1 {r['top1']:.2f}%" + note
+    if t.precise_bn_batches:
+        _recalibrate(ctx, state, ctx.model)
     metrics = evaluate(ctx.model, ctx.loaders.val, ctx.di.device, ctx.autocast, limit)
-    ctx.log.log(dict(kind="val", epoch=state.epoch - 1, step=state.step, **metrics))
-    ctx.log.info(f"epoch {state.epoch}/{ctx.c.trainer.epochs} val: loss {metrics['loss']:.4f} top-1 "
-                 f"{metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}% ({metrics['images']} images)")
+    ctx.log.log(dict(kind="val", epoch=state.epoch - 1, step=state.step, **metrics, **extra))
+    ctx.log.info(f"epoch {state.epoch}/{t.epochs} val{' (precise BN)' if t.precise_bn_batches else ''}: loss "
+                 f"{metrics['loss']:.4f} top-1 {metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}% "
+                 f"({metrics['images']} images){note}")
     if ctx.ema is not None:
         set_temperature(ctx.ema.module, ctx.temperature(max(state.step - 1, 0)))
+        if t.precise_bn_batches:
+            _recalibrate(ctx, state, ctx.ema.module)
         ema_metrics = evaluate(ctx.ema.module, ctx.loaders.val, ctx.di.device, ctx.autocast, limit)
         ctx.log.log(dict(kind="val", epoch=state.epoch - 1, step=state.step, ema=True, **ema_metrics))
         ctx.log.info(f"  EMA: top-1 {ema_metrics['top1']:.2f}% top-5 {ema_metrics['top5']:.2f}%")
@@ -334,6 +350,14 @@ def _validate(ctx: Ctx, state: State) -> bool:
         state.best_top1, state.best_top5 = metrics["top1"], metrics["top5"]
         return True
     return False
+
+
+def _recalibrate(ctx: Ctx, state: State, model: nn.Module) -> None:
+    """Precise BN on the first trainer.precise_bn_batches batches of the next epoch's order (augmented as in
+    training). Drawing them changes no random stream, and training mode ignores running statistics, so the run
+    trains exactly as without it; the recalibrated statistics are what the checkpoint saves."""
+    batches = _epoch_batches(ctx, State(state.epoch))
+    recalibrate_bn(model, batches, ctx.c.trainer.precise_bn_batches, ctx.di.device, ctx.autocast)
 
 
 def _save(ctx: Ctx, state: State, *, epoch_end: bool, is_best: bool = False) -> None:
