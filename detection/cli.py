@@ -21,7 +21,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="random seed of the run (default: the config's randomness.seed, else 0); "
                    "recorded in <work dir>/randomness.json")
     p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
-                   help="'pytorch' under torchrun (one process per GPU; also on CPU with the gloo backend)")
+                   help="'pytorch' under torchrun, 'slurm' under srun (one process per GPU; also on CPU with the gloo "
+                        "backend)")
     return p
 
 

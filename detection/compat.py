@@ -10,14 +10,17 @@ configs are resolved before a config's own `custom_imports` run.
   built-ins are now restored on load instead of stored (statistics registered by users are not carried over).
 - mmengine finds `mmdet::` base configs through `pkg_resources`, which setuptools >= 81 no longer ships (and torch
   needs setuptools >= 77): its two package look-ups are replaced with `importlib` equivalents.
-- Under torchrun, mmengine calls `torch.cuda.set_device` before joining the process group, which fails on a
-  CPU-only machine; there the group is joined directly (the launch code picks the gloo backend).
+- Under torchrun and under Slurm (`--launcher slurm`, one task per process from `srun`), mmengine calls
+  `torch.cuda.set_device` before joining the process group, which fails on a CPU-only machine; there the group
+  is joined directly (the launch code picks the gloo backend), from the same environment mmengine would set.
 """
 from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import os
 import os.path as osp
+import subprocess
 import sys
 
 import mmengine.config.config
@@ -107,3 +110,22 @@ def _init_dist_pytorch(backend: str, init_backend: str = "torch", **kwargs) -> N
 
 
 mmengine.dist.utils._init_dist_pytorch = _init_dist_pytorch
+
+_init_dist_slurm_with_cuda = mmengine.dist.utils._init_dist_slurm
+
+
+def _init_dist_slurm(backend: str, port=None, init_backend: str = "torch", **kwargs) -> None:
+    """The job's tasks meet on the first node of the allocation: rank and world size from SLURM_PROCID and
+    SLURM_NTASKS, the port from `port`, MASTER_PORT or torch's default, as mmengine's Slurm launch does."""
+    if torch.cuda.is_available() or init_backend != "torch":
+        return _init_dist_slurm_with_cuda(backend, port=port, init_backend=init_backend, **kwargs)
+    nodes = subprocess.run(["scontrol", "show", "hostnames", os.environ["SLURM_NODELIST"]], capture_output=True,
+                           text=True, check=True).stdout.split()
+    os.environ.setdefault("MASTER_ADDR", nodes[0])
+    os.environ["MASTER_PORT"] = str(port) if port is not None else os.environ.get("MASTER_PORT", "29500")
+    os.environ.update(WORLD_SIZE=os.environ["SLURM_NTASKS"], RANK=os.environ["SLURM_PROCID"],
+                      LOCAL_RANK=os.environ.get("SLURM_LOCALID", "0"))
+    torch.distributed.init_process_group(backend=backend, **kwargs)
+
+
+mmengine.dist.utils._init_dist_slurm = _init_dist_slurm

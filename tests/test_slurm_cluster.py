@@ -254,3 +254,41 @@ def test_the_plain_sbatch_script_runs_torchrun_on_two_nodes(two_node_run, cache_
     w, ref = weights(tmp_path / "run"), weights(two_node_run / "0")
     for k in ref:  # the same two ranks as the submitit job, on the same data: the same sums in the same order
         assert torch.equal(w[k], ref[k]), f"{k} differs from the submitit job"
+
+
+def _detection_train(launcher: list[str], work: Path, root: Path, env: dict, *, slurm_launcher: bool):
+    """The ODConv demo Faster R-CNN for one epoch on 8 images, 2 per process, no validation."""
+    config = REPO / "configs" / "mmdet" / "demo" / "faster-rcnn_od4x-r18_fpn_demo.py"
+    options = [f"train_dataloader.dataset.data_root={root}/", "train_dataloader.batch_size=2",
+               "train_cfg.max_epochs=1", "default_hooks.checkpoint.interval=1", "custom_hooks.0.epochs=1",
+               "val_cfg=None", "val_dataloader=None", "val_evaluator=None"]
+    cmd = launcher + ["-m", "detection.train", str(config), "--work-dir", str(work),
+                      "--launcher", "slurm" if slurm_launcher else "pytorch", "--cfg-options", *options]
+    # One thread per process in both runs (torchrun sets it for several processes, srun does not): the thread count
+    # picks the CPU kernels, and with them the rounding.
+    return cmd, {**os.environ, "PYTHONPATH": str(REPO), "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1",
+                 **env}
+
+
+def test_detection_trains_on_two_slurm_nodes_as_under_torchrun(tmp_path, slurm_env):
+    """`srun python -m detection.train ... --launcher slurm` on two nodes (the tasks meet from SLURM_* on the first
+    node, CPU-only) ends with the weights a two-process torchrun run of the same config ends with."""
+    from detection.demo_coco import make_demo_coco
+    root = Path(make_demo_coco(str(tmp_path / "coco"), num_train=8, num_val=2))
+    cmd, env = _detection_train([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                 "--nproc_per_node=2"], tmp_path / "torchrun", root, {}, slurm_launcher=False)
+    ref = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stdout[-3000:] + ref.stderr[-3000:]
+    cmd, env = _detection_train([], tmp_path / "slurm", root, slurm_env, slurm_launcher=True)
+    out = tmp_path / "job.out"
+    wrapped = "srun " + " ".join([sys.executable, *cmd])
+    proc = subprocess.run(["sbatch", "--wait", "--nodes=2", "--ntasks-per-node=1", f"--output={out}",
+                           f"--wrap={wrapped}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    log = out.read_text() if out.is_file() else ""
+    assert proc.returncode == 0, proc.stderr + log[-3000:]
+    assert "Distributed launcher: slurm" in log and "GPU number: 2" in log, log[-3000:]
+    got = torch.load(tmp_path / "slurm" / "epoch_1.pth", weights_only=False)["state_dict"]
+    want = torch.load(tmp_path / "torchrun" / "epoch_1.pth", weights_only=False)["state_dict"]
+    assert got.keys() == want.keys()
+    for k in want:  # the same two ranks on the same shards: the same sums in the same order
+        assert torch.equal(got[k], want[k]), f"{k} differs from the torchrun run"
