@@ -228,7 +228,7 @@ def test_a_sweep_is_one_job_array_with_its_parallelism_and_the_report_groups_its
     section = md.split("## Configurations")[1].split("\n## ")[0]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("| ")]
     header, groups = rows[0], {row[0]: dict(zip(rows[0], row)) for row in rows[1:]}
-    assert sorted(groups) == ["od_resnet18 kernel_num=1 reduction=0.0625", "static_resnet18 kernel_num=0"], header
+    assert sorted(groups) == ["od_resnet18", "static_resnet18"], header  # the report names only what differs
     top1 = {}
     for job_dir in sweep.glob("[0-9]*"):
         name = yaml.safe_load((job_dir / "config.yaml").read_text())["model"]["name"]
