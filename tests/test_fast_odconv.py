@@ -107,25 +107,31 @@ def _cases():
 CASES = list(_cases())
 
 
-@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("formulation,name", CASES, ids=[f"{f}-{n}" for f, n in CASES])
-def test_formulation_matches_float64_reference(formulation, name, training):
+def _check_grid_case(formulation, name, training, dtype):
+    """One case of the grid: the shape's layer and a seeded input in `dtype`, against the reference."""
     shape = FAST_SHAPES[name]
     b, h, w = shape[-3:]
     torch.manual_seed(2)
-    _check_against_reference(_layer(shape), torch.randn(b, shape[0], h, w), training, formulation)
+    x = torch.randn(b, shape[0], h, w, dtype=dtype)
+    _check_against_reference(_layer(shape).to(dtype), x, training, formulation)
 
 
-@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("formulation,name", CASES, ids=[f"{f}-{n}" for f, n in CASES])
+GRID = pytest.mark.parametrize("formulation,name", CASES, ids=[f"{f}-{n}" for f, n in CASES])
+TRAIN_EVAL = pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+
+
+@TRAIN_EVAL
+@GRID
+def test_formulation_matches_float64_reference(formulation, name, training):
+    _check_grid_case(formulation, name, training, torch.float32)
+
+
+@TRAIN_EVAL
+@GRID
 def test_formulation_is_exact_in_float64(formulation, name, training):
     # In float64 any slip in a hand-derived gradient shows as an error far above rounding (1e-12): the check of
     # correctness, on the same grid as the float32 one above, which checks the float32 path stays within its bound.
-    shape = FAST_SHAPES[name]
-    b, h, w = shape[-3:]
-    torch.manual_seed(2)
-    x = torch.randn(b, shape[0], h, w, dtype=torch.float64)
-    _check_against_reference(_layer(shape).double(), x, training, formulation)
+    _check_grid_case(formulation, name, training, torch.float64)
 
 
 CL_CASES = [(f, n) for f, n in CASES if n in ("3x3", "1x1-k4", "depthwise", "stride2")]
