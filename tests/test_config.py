@@ -189,6 +189,7 @@ def test_lr_scales_linearly_with_global_batch():
     (["model.num_experts=8"], "model.num_experts does not apply to od_resnet18 (it takes kernel_num, reduction,"),
     (["model.min_channel=0"], "model.min_channel must be > 0, got 0"),
     (["model.temperature_init=0.5"], "model.temperature_init must be >= 1 (1 = no temperature), got 0.5"),
+    (["trainer.odconv_formulation=colums"], "trainer.odconv_formulation must be one of ['bmm', 'columns', 'feature',"),
     (["data.std=[0.2,0.2]"], "data.std must be 3 numbers > 0 (or null: the model's), got [0.2, 0.2]"),
 ])
 def test_impossible_values_name_the_key(override, message):

@@ -4,7 +4,6 @@ explodes (eval mode with the moving averages of training gave losses of 5-173 in
 22-52 in this test's second epoch, against a chance level of ln 10 = 2.3)."""
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import re
@@ -13,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from conftest import compose_cfg
-from odconv import use_formulation
 from train.loop import run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,10 +50,9 @@ def test_a_k4_member_trains_alike_under_two_formulations_and_its_validation_loss
     recipe = scaled(study_recipe())
     curves = {}
     # The dispatch rules' choice per layer (taps on the 1x1 maps, ...), and the per-sample kernel applied to unfolded
-    # patches in every layer.
-    for name in ("rules", "columns"):
-        with use_formulation(name) if name != "rules" else contextlib.nullcontext():
-            run(compose_cfg(K4 + recipe + [f"paths.cache_dir={cache_dir}", f"paths.run_dir={tmp_path / name}"]))
+    # patches in every layer, forced through the config key the study's second run uses.
+    for name, forced in (("rules", ["trainer.odconv_dispatch=rules"]), ("columns", ["trainer.odconv_formulation=columns"])):
+        run(compose_cfg(K4 + recipe + forced + [f"paths.cache_dir={cache_dir}", f"paths.run_dir={tmp_path / name}"]))
         curves[name] = val_records(tmp_path / name)
     a, b = curves["rules"], curves["columns"]
     assert len(a) == len(b) == 2

@@ -13,6 +13,8 @@ from typing import List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from odconv.formulations import FORMULATIONS
+
 
 class ConfigError(ValueError):
     """A mistake in the user's config; the entry point prints its message as one line, without a traceback."""
@@ -121,6 +123,9 @@ class TrainerConfig:
     progress: bool = True  # rank-0 progress line
     threads: Optional[int] = None  # torch intra-op threads per process; None = torch's default (all cores)
     odconv_dispatch: str = "auto"  # rules | measured | auto (measured on CUDA): odconv.set_dispatch
+    # Force one formulation (odconv.FORMULATIONS, e.g. "grouped") for every dynamic conv instead of the dispatch:
+    # formulations round differently, so this pins a run's arithmetic for a comparison across machines and loads.
+    odconv_formulation: Optional[str] = None
 
 
 @dataclass
@@ -229,6 +234,8 @@ def validate(cfg: DictConfig | TrainConfig, world_size: int = 1) -> TrainConfig:
     _choice("trainer.device", t.device, {"auto", "cpu", "cuda"})
     _choice("trainer.amp", t.amp, {"none", "bf16", "fp16"})
     _choice("trainer.odconv_dispatch", t.odconv_dispatch, {"rules", "measured", "auto"})
+    if t.odconv_formulation is not None:
+        _choice("trainer.odconv_formulation", t.odconv_formulation, set(FORMULATIONS))
     if t.sync_bn and world_size > 1 and t.device == "cpu":
         raise ConfigError("trainer.sync_bn needs CUDA: torch's SyncBatchNorm has no CPU implementation")
     if not 0.0 < t.ema_decay < 1.0:

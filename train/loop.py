@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from odconv import set_dispatch, set_temperature, temperature_schedule, tuning
 from models import count_params
-from odconv.dispatch import measures
+from odconv.dispatch import measures, use_formulation
 
 from . import checkpoint as ckpt_lib
 from . import distributed
@@ -94,7 +94,9 @@ def run(cfg) -> dict:
         if c.trainer.threads:
             torch.set_num_threads(c.trainer.threads)
         _seed_everything(c.trainer.seed, c.trainer.deterministic)
-        return evaluate_checkpoint(c, di) if c.mode == "eval" else _train(c, di)
+        forced = c.trainer.odconv_formulation
+        with use_formulation(forced) if forced else contextlib.nullcontext():
+            return evaluate_checkpoint(c, di) if c.mode == "eval" else _train(c, di)
     finally:
         torch.set_num_threads(threads)  # tests call run() repeatedly in one process
         set_dispatch(dispatch)
