@@ -158,18 +158,35 @@ def compare(variants: dict[str, tuple[Callable, Optional[Callable], list]], devi
     return {n: min(v) for n, v in times.items()}, mem
 
 
+# The torchvision model a user compares each zoo model with (same width, 10 classes).
+TORCHVISION = {"od_resnet18": "resnet18", "od_resnet34": "resnet34", "od_resnet50": "resnet50",
+               "od_resnet101": "resnet101", "od_mobilenetv2_100": "mobilenet_v2"}
+
+
+def torchvision_model(name: str) -> nn.Module:
+    """torchvision's counterpart of zoo model `name` (randomly initialised, 10 classes)."""
+    import torchvision
+    if name not in TORCHVISION:
+        raise ValueError(f"no torchvision counterpart for {name!r}; known: {sorted(TORCHVISION)}")
+    return torchvision.models.get_model(TORCHVISION[name], num_classes=10)
+
+
 def model_variants(name: str, k: int, batch: int, res: int, device, train: bool, *, released: bool = True,
-                   modes: tuple = (), grouped: bool = False, amp: Optional[str] = None, compile: bool = False):
+                   modes: tuple = (), grouped: bool = False, amp: Optional[str] = None, compile: bool = False,
+                   torchvision: bool = False):
     """name -> (step, forward, params) of one zoo model and its static twin, for `compare`.
 
-    Variants: "static"; "ours" (the library's default dispatch) when `modes` is empty, else "ours:<mode>" for
-    each dispatch mode (each on its own copy of the same weights); "released" (`ReleasedODConv2d` in every ODConv
-    layer) if `released`; "grouped" (our released formulation forced everywhere) if `grouped`.
+    Variants: "static"; "torchvision" (torchvision's own model) if `torchvision`; "ours" (the library's default
+    dispatch) when `modes` is empty, else "ours:<mode>" for each dispatch mode (each on its own copy of the same
+    weights); "released" (`ReleasedODConv2d` in every ODConv layer) if `released`; "grouped" (our released
+    formulation forced everywhere) if `grouped`.
     The step is forward + cross-entropy (+ backward when `train`), under bf16 autocast when amp == "bf16".
     """
     static = timm.create_model(name.replace("od_", "static_"), num_classes=10).to(device)
     od = timm.create_model(name, kernel_num=k, num_classes=10).to(device)
     nets: dict[str, tuple[nn.Module, Optional[str], Optional[str]]] = {"static": (static, None, None)}
+    if torchvision:
+        nets["torchvision"] = (torchvision_model(name).to(device), None, None)
     for i, mode in enumerate(modes or (None,)):
         nets[f"ours:{mode}" if mode else "ours"] = (od if i == 0 else deepcopy(od), mode, None)
     if grouped:

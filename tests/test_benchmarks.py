@@ -153,3 +153,28 @@ def test_a_step_that_takes_no_time_is_refused_not_tabled():
         mp.setattr(bench_measure, "CLOCK", frozen)
         with pytest.raises(RuntimeError, match=r"benchmark variant 'broken' measured \[0\.0\] s"):
             bench_measure.compare(variants, torch.device("cpu"), repeats=1, warmup=0)
+
+
+@pytest.mark.slow  # four fresh processes (one timing, three peak-memory), each importing torch and timm
+def test_headline_command_prints_time_and_memory_ratios_over_torchvision_and_the_static_twin(tmp_path, capsys):
+    import bench_headline
+    out = tmp_path / "headline.json"
+    assert bench_headline.main(["--quick", "--rows", "od_resnet18", "--threads", "1", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "load average before:" in printed and "load average after:" in printed and "## threads: 1" in printed
+    [line] = [line for line in printed.splitlines() if line.startswith("| od_resnet18 ")]
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[:5] == ["od_resnet18", "1", "2", "32", "train"] and len(cells) == 12, cells
+    [result] = __import__("json").loads(out.read_text())["results"]
+    assert result["ms"]["threads"] == 1  # the child ran on the thread count asked for
+    for variant in ("static", "torchvision", "ours"):
+        assert result["ms"][variant] > 0 and result["peak_mib"][variant] > 0, result
+    # The printed ratios are the recorded figures' ratios.
+    assert float(cells[8]) == pytest.approx(result["ms"]["ours"] / result["ms"]["torchvision"], abs=0.006)
+    assert float(cells[11]) == pytest.approx(result["peak_mib"]["ours"] / result["peak_mib"]["torchvision"], abs=0.006)
+
+
+def test_headline_rows_filter_names_the_models_when_nothing_matches():
+    import bench_headline
+    with pytest.raises(SystemExit, match=r"--rows \['od_resnet19'\] matches none of \['od_mobilenetv2_100'"):
+        bench_headline.main(["--rows", "od_resnet19"])
