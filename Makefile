@@ -21,11 +21,15 @@ setup-detection: $(VENV)/.detection-ready
 train: $(VENV)/.ready
 	$(PY) train.py $(ARGS)
 
+# The suite runs in WORKERS processes (pytest-xdist), each taking whole test files (module fixtures such as the
+# Slurm cluster and the trained detector are built once); much of it waits on subprocesses, Slurm and sleeps.
+WORKERS ?= 2
+
 test: $(VENV)/.detection-ready
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest -n $(WORKERS) --dist loadfile $(ARGS)
 
 test-fast: $(VENV)/.detection-ready
-	$(PY) -m pytest -m "not slow" $(ARGS)
+	$(PY) -m pytest -n $(WORKERS) --dist loadfile -m "not slow" $(ARGS)
 
 complexity: $(VENV)/.ready
 	$(PY) scripts/complexity.py $(ARGS)

@@ -39,8 +39,10 @@ install_packages() {
   export DEBIAN_FRONTEND=noninteractive
   # The package scripts try to start the system services; a policy-rc.d that says no is honoured by
   # invoke-rc.d, and without systemd running nothing starts anyway. Only this cluster's daemons are started.
-  apt-get install -y -q --no-install-recommends "${PACKAGES[@]}" >&2 ||
-    { apt-get update -q >&2 && apt-get install -y -q --no-install-recommends "${PACKAGES[@]}" >&2; } ||
+  # One apt at a time on the machine (the test suite's workers may install chromium meanwhile).
+  local apt=(flock /tmp/odconv-apt.lock apt-get)
+  "${apt[@]}" install -y -q --no-install-recommends "${PACKAGES[@]}" >&2 ||
+    { "${apt[@]}" update -q >&2 && "${apt[@]}" install -y -q --no-install-recommends "${PACKAGES[@]}" >&2; } ||
     die "apt-get install ${PACKAGES[*]} failed"
 }
 

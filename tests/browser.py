@@ -16,6 +16,7 @@ NAMES = ("chromium", "chromium-browser", "google-chrome")
 # No network, no first-run work, no GPU: the page must render from its own file alone.
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars")
+APT_LOCK = "/tmp/odconv-apt.lock"  # shared with scripts/local_slurm.sh
 CONSOLE = re.compile(r":CONSOLE[:(]")  # Chromium's log lines for console messages (console.* and uncaught errors)
 
 
@@ -24,8 +25,10 @@ def find_chromium() -> str:
     found = next((shutil.which(n) for n in NAMES if shutil.which(n)), None)
     if found is None and shutil.which("apt-get") and os.geteuid() == 0:
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update"], env=env, capture_output=True, timeout=900)
-        subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "chromium"], env=env,
+        # One apt at a time on the machine: the suite's workers (and the Slurm fixture) may install at once.
+        apt = ["flock", APT_LOCK, "apt-get"]
+        subprocess.run([*apt, "update"], env=env, capture_output=True, timeout=900)
+        subprocess.run([*apt, "install", "-y", "--no-install-recommends", "chromium"], env=env,
                        capture_output=True, timeout=1800)
         found = next((shutil.which(n) for n in NAMES if shutil.which(n)), None)
     if found is None:
