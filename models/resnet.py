@@ -79,7 +79,8 @@ ARCH_SETTINGS: dict[int, tuple[Block, tuple[int, int, int, int]]] = {
 
 class ResNet(nn.Module):
     """ResNet whose block convs come from `conv` (static `nn.Conv2d` or a dynamic conv) in the stages listed in
-    `dynamic_stages`, and are static elsewhere.
+    `dynamic_stages`, and are static elsewhere; the 1x1 shortcut convs come from `shortcut_conv` (static, but for
+    KernelWarehouse's strided shortcuts, models/kw.py).
 
     `dropout` (before the classifier) has no default here: the registry's builders decide it (models.registry).
     """
@@ -95,6 +96,7 @@ class ResNet(nn.Module):
         in_chans: int = 3,
         global_pool: str = "avg",
         style: str = "pytorch",
+        shortcut_conv: ConvFactory = static_conv,
         device: Any = None,
         dtype: Any = None,
     ) -> None:
@@ -119,7 +121,7 @@ class ResNet(nn.Module):
         self.feature_info = []
         for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers)):
             stride = 1 if i == 0 else 2
-            layer = self._make_layer(block, planes, blocks, stride, convs[i + 1], style, dd)
+            layer = self._make_layer(block, planes, blocks, stride, convs[i + 1], shortcut_conv, style, dd)
             setattr(self, f"layer{i + 1}", layer)
             self.feature_info.append(dict(num_chs=planes * block.expansion, reduction=4 * 2**i, module=f"layer{i + 1}"))
         self.num_features = 512 * block.expansion
@@ -130,12 +132,13 @@ class ResNet(nn.Module):
         del self.inplanes
 
     def _make_layer(
-        self, block: Block, planes: int, blocks: int, stride: int, conv: ConvFactory, style: str, dd: dict
+        self, block: Block, planes: int, blocks: int, stride: int, conv: ConvFactory, shortcut_conv: ConvFactory,
+        style: str, dd: dict,
     ) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(
-                nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride=stride, bias=False, **dd),
+                shortcut_conv(self.inplanes, planes * block.expansion, 1, stride, **dd),
                 nn.BatchNorm2d(planes * block.expansion, **dd),
             )
         layers = [block(self.inplanes, planes, stride, downsample, conv, style, **dd)]
