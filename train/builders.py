@@ -30,6 +30,8 @@ def model_kwargs(m: ModelConfig, num_classes: int) -> dict:
             kwargs[key] = tuple(value) if isinstance(value, list) else value
     if m.dropout is not None:
         kwargs["drop_rate"] = m.dropout
+    if m.drop_path_rate is not None:
+        kwargs["drop_path_rate"] = m.drop_path_rate
     return kwargs
 
 

@@ -80,7 +80,8 @@ class Ctx:
 
     def temperature(self, step: int) -> float:
         m = self.c.model
-        return temperature_schedule(step + 1, self.loaders.steps_per_epoch, m.temperature_init, m.temperature_epochs)
+        return temperature_schedule(step + 1, self.loaders.steps_per_epoch, m.temperature_init, m.temperature_epochs,
+                                    m.temperature_end)
 
 
 def run(cfg) -> dict:
