@@ -2,10 +2,13 @@
 stopped mid-epoch and resumed equals the run never stopped, bit for bit (CPU)."""
 from __future__ import annotations
 
+import argparse
+
 import pytest
+import torch
 
 from conftest import TINY, compose_cfg
-from test_resume import assert_same_tensors, load_last, train_records, val_records
+from test_resume import VAL_METRICS, assert_same_tensors, load_last, train_records, val_records
 from train.loop import run
 
 # tau over the first epoch (4 steps): 1 - step/4, then 0; batches of 8 keep the per-sample kernels cheap.
@@ -33,3 +36,12 @@ def test_kw_resnet18_trains_anneals_tau_and_resumes_exactly(cache_dir, tmp_path)
     assert a["temperature"] == b["temperature"] == 0.0
     assert train_records(ref_dir) == train_records(run_dir)
     assert val_records(ref_dir) == val_records(run_dir)
+
+    # The released training format ({"model", "optimizer", "epoch", "args"}, no tau recorded) evaluates at tau 0, as a
+    # fully trained KW model: the run's last validation (tau 0 since step 4), to the last bit.
+    released = tmp_path / "checkpoint-best.pth"
+    torch.save({"model": {f"module.{k}": v for k, v in a["model"].items()}, "optimizer": {}, "epoch": 1,
+                "args": argparse.Namespace(model="kw_resnet18", temp_epoch=20)}, released)
+    *_, last_val = val_records(ref_dir)
+    evaluated = run(compose_cfg(KW_RUN + [f"paths.cache_dir={cache_dir}", "mode=eval", f"checkpoint={released}"]))
+    assert evaluated == {"model": {k: last_val[k] for k in VAL_METRICS}}
