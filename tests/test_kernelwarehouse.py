@@ -243,3 +243,21 @@ def test_temperature_schedule_for_tau():
     probe, _ = build("2d")
     assert odconv.final_temperature(probe) == 0.0 and odconv.set_temperature(probe, 0.25) == 1
     assert float(probe.layer.attention.tau) == 0.25
+
+
+@pytest.mark.parametrize("case", ["2d", "linear"])
+def test_bf16_autocast_follows_float32(case):
+    """Under CPU bf16 autocast the layer runs (cell mixing and conv in bf16) and stays within bf16 rounding of the
+    float32 result: unit roundoff 2^-8 times sqrt(longest sum), with a safety factor of 4."""
+    probe64, layer64 = build(case)
+    probe = copy.deepcopy(probe64).float().train()
+    odconv.set_temperature(probe, 0.5)
+    x = torch.randn(CASES[case][4])
+    y32 = probe(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y16 = probe(x)
+    y16.float().sum().backward()
+    assert y16.dtype == torch.bfloat16
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in probe.parameters())
+    bound = 4 * 2.0 ** -8 * longest_kw_sum(layer64, x, y32) ** 0.5
+    assert rel_err(y16, y32) < bound
