@@ -129,7 +129,8 @@ def kw_rows(archs: list[str]) -> list[dict]:
 
 def format_kw_markdown(rows: list[dict]) -> str:
     lines = [
-        "| KernelWarehouse model | Params (ours) | Params (published) | MACs (ours) | Top-1 / top-5 (published) | Note |",
+        "| KernelWarehouse model | Params (ours) | Params (published) | MACs (ours) | Top-1 / top-5 (published) "
+        "| Note |",
         "|---|---:|---:|---:|---:|---|",
     ]
     for r in rows:
