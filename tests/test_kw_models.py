@@ -120,3 +120,23 @@ def test_registered_with_timm_and_bad_ratio():
         models.kw.kw_resnet18(kw_ratio=3)
     with pytest.raises(ValueError, match="kw_mobilenetv2_100 has no kw_ratio 0.25"):
         models.kw.kw_mobilenetv2_100(kw_ratio=0.25)
+
+
+@pytest.mark.parametrize("name, kwargs", [("kw_resnet18", dict(kw_ratio=0.25)), ("od_resnet18", dict(kernel_num=4))])
+def test_channels_last_keeps_5d_kernels(name, kwargs):
+    """trainer.channels_last: Module.to(memory_format=channels_last) raises for the 5-D warehouses and stacked
+    kernels; the loop's conversion makes the 4-D kernels channels_last and leaves the 5-D ones, outputs unchanged."""
+    from train.builders import to_channels_last
+
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=10, **kwargs).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        before = model(x)
+    assert to_channels_last(model) is model
+    assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert all(p.is_contiguous() for p in model.parameters() if p.dim() == 5)
+    with torch.no_grad():
+        after = model(x.contiguous(memory_format=torch.channels_last))
+    # Only float32 summation order may differ: 18 layers x safety 10 x sqrt(longest sum, 512 * 9) x 2^-24.
+    assert float((after - before).norm() / before.norm()) < 18 * 10 * (512 * 9) ** 0.5 * 2.0 ** -24

@@ -51,6 +51,17 @@ def build_model(c: TrainConfig, num_classes: int) -> nn.Module:
     return model
 
 
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """`model` with its 4-D parameters and buffers (conv kernels) in channels_last, in place. `Module.to(memory_format=
+    channels_last)` also converts 5-D tensors and raises for them: ODConv's, CondConv's and DyConv's stacked kernels
+    (K, O, I, kh, kw) and KernelWarehouse's warehouses (n, c_out, c_in, 1, 1) are 5-D and keep their layout."""
+    with torch.no_grad():
+        for t in (*model.parameters(), *model.buffers()):
+            if t.dim() == 4:
+                t.data = t.data.contiguous(memory_format=torch.channels_last)
+    return model
+
+
 def data_defaults(c: TrainConfig) -> dict:
     """mean, std and crop_pct of the run: the data config's where it sets them, else the model's pretrained_cfg
     (timm's data-config resolution, ImageNet's values for a model without one)."""

@@ -11,7 +11,7 @@ from torch import nn
 from odconv import final_temperature, set_temperature
 
 from . import distributed
-from .builders import build_loaders, build_model
+from .builders import build_loaders, build_model, to_channels_last
 from .config import ConfigError, TrainConfig
 from .distributed import DistInfo
 from .precise_bn import batch_statistics
@@ -78,7 +78,7 @@ def evaluate_checkpoint(c: TrainConfig, di: DistInfo) -> dict:
     set_temperature(model, float(ck.get("temperature", final)) if isinstance(ck, dict) else final)
     model = model.to(di.device)
     if c.trainer.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = to_channels_last(model)
     amp = lambda: autocast(c, di.device)  # noqa: E731
     results = {"model": evaluate(model, loaders.val, di.device, amp, c.trainer.limit_val_batches)}
     if isinstance(ck, dict) and ck.get("ema"):

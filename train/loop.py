@@ -28,7 +28,7 @@ from odconv.dispatch import measures
 
 from . import checkpoint as ckpt_lib
 from . import distributed
-from .builders import Loaders, build_loaders, build_model, resolve_run_dir
+from .builders import Loaders, build_loaders, build_model, resolve_run_dir, to_channels_last
 from .config import ConfigError, TrainConfig, validate
 from .distributed import DistInfo
 from .evaluate import autocast, evaluate, evaluate_checkpoint
@@ -120,7 +120,7 @@ def _setup_model(c: TrainConfig, di: DistInfo, num_classes: int):
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(di.device)
     if c.trainer.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = to_channels_last(model)
     ema = ModelEmaV3(model, decay=c.trainer.ema_decay) if c.trainer.ema else None
     return model, ema
 
