@@ -1,6 +1,7 @@
 """Load zoo weights from a local file: a plain state dict, the released training script's format, or ours."""
 from __future__ import annotations
 
+import argparse
 import os
 import pickle
 from collections.abc import Mapping
@@ -52,7 +53,9 @@ def load_weights_only(path: Union[str, os.PathLike]) -> object:
     torch's own message runs over several lines and suggests `weights_only=False`, which would execute whatever
     code the file holds: our message never does."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # The released KernelWarehouse training script saves its argparse.Namespace under "args": plain data.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises KeyError, EOFError, RuntimeError, UnpicklingError ... for other bytes
         if isinstance(e, pickle.UnpicklingError) and "Unsupported global" in str(e):
             raise UnreadableCheckpointError(
@@ -74,7 +77,7 @@ def load_state_dict_checked(
         for k in own if k in state and state[k].shape != own[k].shape
     ]
     if mis_shaped or (strict and (missing or unexpected)):
-        parts = []
+        parts = [_first_warehouse_mismatch(own, state)] if mis_shaped else []
         if missing:
             parts.append(f"missing keys ({len(missing)}): {', '.join(missing[:20])}" + (" ..." if len(missing) > 20 else ""))
         if unexpected:
@@ -84,9 +87,20 @@ def load_state_dict_checked(
             )
         if mis_shaped:
             parts.append(f"shape mismatches ({len(mis_shaped)}): {'; '.join(mis_shaped[:10])}")
-        raise CheckpointMismatchError(f"{source} does not fit {type(model).__name__}: " + " | ".join(parts))
+        raise CheckpointMismatchError(f"{source} does not fit {type(model).__name__}: "
+                                      + " | ".join(p for p in parts if p))
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     return missing, unexpected
+
+
+def _first_warehouse_mismatch(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> str:
+    """For KernelWarehouse models, the first warehouse whose cells differ: the telltale of another setting
+    (kw_ratio), named before the list of every key it changes."""
+    for k, v in own.items():
+        if k.startswith("warehouse_manager.weights.") and k in state and state[k].shape != v.shape:
+            return (f"KernelWarehouse warehouse {k.rsplit('.', 1)[1]} ({k}) holds cells {tuple(state[k].shape)} in the "
+                    f"checkpoint but {tuple(v.shape)} in the model: a checkpoint of another setting (kw_ratio)")
+    return ""
 
 
 def load_checkpoint(

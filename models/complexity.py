@@ -9,15 +9,18 @@ MAC convention (stated in the README): MACs of convolutions and fully connected 
 (fvcore, torchvision's tables) count a static network, plus every multiply-add that a dynamic conv (ODConv,
 CondConv, DyConv) really does: the global average pool (one per input element), the routing/attention layers
 on the pooled vector, the per-sample kernel aggregation (K multiply-adds per kernel weight when K > 1, one more
-for ODConv's spatial attention), and ODConv's channel and filter attentions applied to the input and output maps.
+for ODConv's spatial attention; n per kernel weight for KernelWarehouse, whose kernel mixes n warehouse cells), and
+ODConv's channel and filter attentions applied to the input and output maps.
 BatchNorm, activations, softmax and pooling elsewhere are not counted (nor by the usual counters).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
-from odconv import DynamicConv2d
+from odconv import DynamicConv2d, KWConvNd
 
 
 def count_params(model: nn.Module) -> int:
@@ -61,18 +64,32 @@ def dynamic_conv_macs(layer: DynamicConv2d, x: Tensor, y: Tensor) -> dict[str, i
     }
 
 
+def kw_conv_macs(layer: KWConvNd, x: Tensor, y: Tensor) -> dict[str, int]:
+    """MACs of one KernelWarehouse conv for one sample: the conv, the attention (pool and its linear layers) and
+    the kernel assembly, where every kernel weight is a mix of the warehouse's n cells (n multiply-adds)."""
+    kernel_size = math.prod(layer.weight_shape)
+    return {
+        "conv": kernel_size * (y[0].numel() // layer.out_channels),
+        "attention": x[0].numel() + _attention_layer_macs(layer.attention),
+        "aggregation": layer.attention.num_cells * kernel_size,
+        "products": 0,
+    }
+
+
 def count_macs(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224)) -> dict[str, int]:
     """MACs for one sample, by kind: 'conv' (static convs + the dynamic convs' main convs), 'linear', and the
     dynamic convs' 'attention', 'aggregation' and 'products'; 'total' is their sum."""
     totals = dict(conv=0, linear=0, attention=0, aggregation=0, products=0)
+    dynamic = (DynamicConv2d, KWConvNd)
     inside_dynamic = {
-        id(m) for d in model.modules() if isinstance(d, DynamicConv2d) for m in d.modules() if m is not d
+        id(m) for d in model.modules() if isinstance(d, dynamic) for m in d.modules() if m is not d
     }
 
     def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
         x = inputs[0]
-        if isinstance(module, DynamicConv2d):
-            for k, v in dynamic_conv_macs(module, x, output).items():
+        if isinstance(module, dynamic):
+            layer_macs = dynamic_conv_macs if isinstance(module, DynamicConv2d) else kw_conv_macs
+            for k, v in layer_macs(module, x, output).items():
                 totals[k] += v
         elif isinstance(module, nn.Conv2d):
             totals["conv"] += output[0].numel() * (module.in_channels // module.groups) * module.weight[0, 0].numel()
@@ -82,7 +99,7 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224
     handles = [
         m.register_forward_hook(hook)
         for m in model.modules()
-        if id(m) not in inside_dynamic and isinstance(m, (DynamicConv2d, nn.Conv2d, nn.Linear))
+        if id(m) not in inside_dynamic and isinstance(m, (*dynamic, nn.Conv2d, nn.Linear))
     ]
     was_training = model.training
     try:

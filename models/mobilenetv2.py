@@ -75,7 +75,8 @@ class InvertedResidual(nn.Module):
 
 class MobileNetV2(nn.Module):
     """MobileNetV2 whose non-stem convs come from `conv` (static `nn.Conv2d` or a dynamic conv) in the stages
-    listed in `dynamic_stages`, and are static elsewhere.
+    listed in `dynamic_stages`, and are static elsewhere; the stem conv comes from `stem_conv` (static, but for
+    KernelWarehouse, models/kw.py).
 
     `dropout` (before the classifier) has no default here: the registry's builders decide it (models.registry).
     """
@@ -92,6 +93,7 @@ class MobileNetV2(nn.Module):
         dynamic_stages: Iterable[int] = STAGES,
         in_chans: int = 3,
         global_pool: str = "avg",
+        stem_conv: ConvFactory = static_conv,
         device: Any = None,
         dtype: Any = None,
     ) -> None:
@@ -107,7 +109,7 @@ class MobileNetV2(nn.Module):
         # Widths rounded by timm's make_divisible (multiples of 8, never 10% below): the torchvision/TF rule.
         inp = make_divisible(32 * width_mult)
         self.num_features = make_divisible(1280 * max(1.0, width_mult))
-        features: list[nn.Module] = [ConvBNReLU(static_conv, in_chans, inp, stride=2, **dd)]
+        features: list[nn.Module] = [ConvBNReLU(stem_conv, in_chans, inp, stride=2, **dd)]
         for t, c, n, s in INVERTED_RESIDUAL_SETTING:
             oup = make_divisible(c * width_mult)
             for i in range(n):
@@ -158,8 +160,8 @@ class MobileNetV2(nn.Module):
         """A new classifier (timm's signature); `global_pool=""` also removes the pooling (4D output)."""
         self.num_classes = num_classes
         pool = self.global_pool.pool_type if global_pool is None else global_pool
-        stem = self.features[0][0].weight
+        ref = next(self.parameters())  # (a KernelWarehouse stem has no weight of its own)
         self.global_pool, self.classifier[1] = create_classifier(
-            self.num_features, num_classes, pool_type=pool, device=stem.device, dtype=stem.dtype
+            self.num_features, num_classes, pool_type=pool, device=ref.device, dtype=ref.dtype
         )
         self.head_hidden_size = self.num_features * self.global_pool.feat_mult()

@@ -8,7 +8,7 @@ checkpoints (`conv1`, `bn1`, `layer1.0.conv1`, ..., `fc`).
 # as real types (timm's test_model_forward_fx_torchscript).
 from typing import Any, Iterable, Optional, Type, Union
 
-from timm.layers import create_classifier
+from timm.layers import DropPath, create_classifier
 from torch import Tensor, nn
 
 from .layers import STAGES, ConvFactory, init_static_layers, stage_convs, static_conv
@@ -19,7 +19,7 @@ class BasicBlock(nn.Module):
 
     def __init__(
         self, inplanes: int, planes: int, stride: int, downsample: Optional[nn.Module], conv: ConvFactory,
-        style: str = "pytorch", device: Any = None, dtype: Any = None,
+        style: str = "pytorch", drop_path: float = 0.0, device: Any = None, dtype: Any = None,
     ):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
@@ -29,12 +29,13 @@ class BasicBlock(nn.Module):
         self.conv2 = conv(planes, planes, 3, **dd)
         self.bn2 = nn.BatchNorm2d(planes, **dd)
         self.downsample = downsample
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        return self.relu(self.drop_path(out) + identity)
 
 
 class Bottleneck(nn.Module):
@@ -42,7 +43,7 @@ class Bottleneck(nn.Module):
 
     def __init__(
         self, inplanes: int, planes: int, stride: int, downsample: Optional[nn.Module], conv: ConvFactory,
-        style: str = "pytorch", device: Any = None, dtype: Any = None,
+        style: str = "pytorch", drop_path: float = 0.0, device: Any = None, dtype: Any = None,
     ):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
@@ -57,13 +58,14 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(planes * self.expansion, **dd)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        return self.relu(self.drop_path(out) + identity)
 
 
 Block = Type[Union[BasicBlock, Bottleneck]]
@@ -79,9 +81,11 @@ ARCH_SETTINGS: dict[int, tuple[Block, tuple[int, int, int, int]]] = {
 
 class ResNet(nn.Module):
     """ResNet whose block convs come from `conv` (static `nn.Conv2d` or a dynamic conv) in the stages listed in
-    `dynamic_stages`, and are static elsewhere.
+    `dynamic_stages`, and are static elsewhere; the 1x1 shortcut convs come from `shortcut_conv` (static, but for
+    KernelWarehouse's strided shortcuts, models/kw.py).
 
     `dropout` (before the classifier) has no default here: the registry's builders decide it (models.registry).
+    `drop_path_rate`: stochastic depth on every residual branch at one rate (KernelWarehouse's recipe; 0 = none).
     """
 
     def __init__(
@@ -95,6 +99,8 @@ class ResNet(nn.Module):
         in_chans: int = 3,
         global_pool: str = "avg",
         style: str = "pytorch",
+        shortcut_conv: ConvFactory = static_conv,
+        drop_path_rate: float = 0.0,
         device: Any = None,
         dtype: Any = None,
     ) -> None:
@@ -105,8 +111,11 @@ class ResNet(nn.Module):
             raise ValueError(f"style must be 'pytorch' or 'caffe', got {style!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
         convs = stage_convs(conv, dynamic_stages)
         dd = dict(device=device, dtype=dtype)
+        self.drop_path_rate = drop_path_rate
         block, layers = ARCH_SETTINGS[depth]
         self.depth = depth
         self.num_classes = num_classes
@@ -119,7 +128,7 @@ class ResNet(nn.Module):
         self.feature_info = []
         for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers)):
             stride = 1 if i == 0 else 2
-            layer = self._make_layer(block, planes, blocks, stride, convs[i + 1], style, dd)
+            layer = self._make_layer(block, planes, blocks, stride, convs[i + 1], shortcut_conv, style, dd)
             setattr(self, f"layer{i + 1}", layer)
             self.feature_info.append(dict(num_chs=planes * block.expansion, reduction=4 * 2**i, module=f"layer{i + 1}"))
         self.num_features = 512 * block.expansion
@@ -130,17 +139,19 @@ class ResNet(nn.Module):
         del self.inplanes
 
     def _make_layer(
-        self, block: Block, planes: int, blocks: int, stride: int, conv: ConvFactory, style: str, dd: dict
+        self, block: Block, planes: int, blocks: int, stride: int, conv: ConvFactory, shortcut_conv: ConvFactory,
+        style: str, dd: dict,
     ) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(
-                nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride=stride, bias=False, **dd),
+                shortcut_conv(self.inplanes, planes * block.expansion, 1, stride, **dd),
                 nn.BatchNorm2d(planes * block.expansion, **dd),
             )
-        layers = [block(self.inplanes, planes, stride, downsample, conv, style, **dd)]
+        dp = self.drop_path_rate  # one rate for every block, as KernelWarehouse's released ResNet
+        layers = [block(self.inplanes, planes, stride, downsample, conv, style, dp, **dd)]
         self.inplanes = planes * block.expansion
-        layers += [block(self.inplanes, planes, 1, None, conv, style, **dd) for _ in range(1, blocks)]
+        layers += [block(self.inplanes, planes, 1, None, conv, style, dp, **dd) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
     def forward_stages(self, x: Tensor) -> list[Tensor]:

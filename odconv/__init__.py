@@ -1,5 +1,5 @@
-"""ODConv: omni-dimensional dynamic convolution (Li, Zhou, Yao, ICLR 2022), and CondConv and DyConv on the same
-code path. Depends on torch only."""
+"""ODConv: omni-dimensional dynamic convolution (Li, Zhou, Yao, ICLR 2022), and CondConv, DyConv and
+KernelWarehouse (Li, Yao, ICML 2024) on the same code path. Depends on torch only."""
 from . import tuning
 from .attention import Attentions, ODAttention
 from .condconv import CondConv2d, CondConvRouting
@@ -11,11 +11,14 @@ from .explain import explain, format_explain
 from .factory import DYNAMIC_CONVS, create_dynamic_conv
 from .formulations import FORMULATIONS
 from .functional import odconv2d
-from .temperature import set_temperature, temperature_schedule
+from .kernelwarehouse import KWAttention, KWConv1d, KWConv2d, KWConv3d, KWConvNd, KWLinear
+from .temperature import final_temperature, set_temperature, temperature_schedule
+from .warehouse import WarehouseManager, build_warehouses
 
 __all__ = [
     "DYNAMIC_CONVS", "FORMULATIONS", "Attentions", "CondConv2d", "CondConvRouting", "DyConv2d", "DyConvAttention",
-    "DynamicConv2d", "ODAttention", "ODConv2d", "convert", "create_dynamic_conv", "explain", "format_explain",
-    "get_dispatch", "odconv2d", "set_dispatch", "set_temperature", "temperature_schedule", "tuning",
-    "use_formulation",
+    "DynamicConv2d", "KWAttention", "KWConv1d", "KWConv2d", "KWConv3d", "KWConvNd", "KWLinear", "ODAttention",
+    "ODConv2d", "WarehouseManager", "build_warehouses", "convert", "create_dynamic_conv", "explain",
+    "final_temperature", "format_explain", "get_dispatch", "odconv2d", "set_dispatch", "set_temperature",
+    "temperature_schedule", "tuning", "use_formulation",
 ]

@@ -39,7 +39,7 @@ from . import tuning
 from .formulations import FORMULATIONS, LayerShape, candidates, get
 
 __all__ = ["Decision", "LayerShape", "MODES", "choose", "decide", "describe", "get_dispatch", "measures", "recording",
-           "select", "set_dispatch", "use_formulation"]
+           "select", "select_per_sample", "set_dispatch", "use_formulation"]
 
 MODES = ("rules", "measured", "auto")
 _mode = "auto"
@@ -151,12 +151,13 @@ def choose(shape: LayerShape, device_type: str = "cpu", training: bool = True) -
 def describe(shape: LayerShape) -> str:
     """A layer call in words, for error messages: 'a 3x3 conv 16->32 (groups 4, K 4, spatial attention) on a batch
     of 2 at 9x9'."""
-    kh, kw = shape.kernel_size
-    extras = [f"stride {shape.stride[0]}x{shape.stride[1]}"] if shape.stride != (1, 1) else []
+    kernel = "x".join(map(str, shape.kernel_size))
+    extras = [f"stride {'x'.join(map(str, shape.stride))}"] if any(s != 1 for s in shape.stride) else []
     extras += [f"groups {shape.groups}"] if shape.groups != 1 else []
     extras += [f"K {shape.kernel_num}", "spatial attention" if shape.has_spatial else "no spatial attention"]
-    return (f"a {kh}x{kw} conv {shape.in_channels}->{shape.out_channels} ({', '.join(extras)}) on a batch of "
-            f"{shape.batch} at {shape.height}x{shape.width}")
+    size = f"{shape.depth}x" if len(shape.kernel_size) == 3 else ""
+    return (f"a {kernel} conv {shape.in_channels}->{shape.out_channels} ({', '.join(extras)}) on a batch of "
+            f"{shape.batch} at {size}{shape.height}x{shape.width}")
 
 
 def _current_forced() -> Optional[str]:
@@ -218,6 +219,38 @@ def select(layer_choice: Optional[str], x, weight, channel, filt, spatial, kerne
         calls, label = _recorders[-1]
         calls.append((label(), LayerShape.of_call(x, weight, channel, filt, spatial, kernel, stride, groups), d))
     return d.formulation
+
+
+PER_SAMPLE_FORMULATION = "grouped"
+
+
+def per_sample_shape(x, kernels, stride, groups: int, cells: int) -> LayerShape:
+    """The LayerShape of a call with a ready per-sample kernel (B, O, I/g, k...) on a 1-, 2- or 3-D input;
+    kernel_num is the number of cells mixed into each part of the kernel (KernelWarehouse's warehouse size)."""
+    spatial, kernel_size, stride = tuple(x.shape[2:]), tuple(kernels.shape[3:]), tuple(stride)
+    if len(spatial) == 1:  # 1-D: one row
+        spatial, kernel_size, stride = (1, *spatial), (1, *kernel_size), (1, *stride)
+    depth = spatial[0] if len(spatial) == 3 else 1
+    return LayerShape(x.shape[0], x.shape[1], kernels.shape[1], spatial[-2], spatial[-1], kernel_size, stride,
+                      groups, cells, False, False, False, depth)
+
+
+def select_per_sample(layer_choice: Optional[str], x, kernels, stride, groups: int, cells: int) -> str:
+    """The formulation of a layer that builds its own per-sample kernel (KernelWarehouse): the registry's
+    formulations take the ODConv factors, and the one way to run a finished per-sample kernel is ``grouped``'s
+    conv over the batch (formulations.grouped.conv_per_sample). Recorded for `explain` with reason "only"; a
+    forced other formulation is an error, as for any call it cannot compute."""
+    forced = layer_choice if layer_choice is not None else _current_forced()
+    shape = None
+    if forced is not None and forced != PER_SAMPLE_FORMULATION:
+        shape = per_sample_shape(x, kernels, stride, groups, cells)
+        raise ValueError(f"ODConv formulation {forced!r} cannot compute {describe(shape)} with a per-sample kernel "
+                         f"(KernelWarehouse); formulations that can: ['{PER_SAMPLE_FORMULATION}']")
+    decision = Decision(PER_SAMPLE_FORMULATION, "forced" if forced is not None else "only")
+    if _recorders:
+        calls, label = _recorders[-1]
+        calls.append((label(), shape or per_sample_shape(x, kernels, stride, groups, cells), decision))
+    return decision.formulation
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ class ExplainRow(NamedTuple):
     layer: str  # qualified name of the module that called the functional core
     shape: LayerShape
     formulation: str
-    reason: str  # "forced" (layer attribute or use_formulation), "measured" or "rule"
+    reason: str  # "forced" (layer attribute or use_formulation), "measured", "rule" or "only" (per-sample kernel)
     times: Optional[dict[str, float]]  # ms per candidate formulation, when measured
 
 
@@ -51,7 +51,8 @@ def format_explain(rows: list[ExplainRow]) -> str:
     for r in rows:
         s = r.shape
         times = "" if not r.times else " ".join(f"{n}={t:.3g}" for n, t in sorted(r.times.items(), key=lambda i: i[1]))
-        lines.append(f"{r.layer:40s} {s.batch:4d} {s.in_channels:5d} {s.out_channels:5d} {s.height:4d}x{s.width:<4d} "
+        size = f"{s.height:4d}x{s.width:<4d}" if len(s.kernel_size) == 2 else f"{s.depth}x{s.height}x{s.width}".rjust(9)
+        lines.append(f"{r.layer:40s} {s.batch:4d} {s.in_channels:5d} {s.out_channels:5d} {size} "
                      f"{s.kernel_size[0]:3d} {s.stride[0]:2d} {s.groups:5d} {s.kernel_num:2d}  {r.formulation:11s} "
                      f"{r.reason:8s} {times}".rstrip())
     return "\n".join(lines)

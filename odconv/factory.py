@@ -6,10 +6,13 @@ import inspect
 from torch import nn
 
 from .condconv import CondConv2d
-from .conv import DynamicConv2d, IntOrPair, ODConv2d
+from .conv import IntOrPair, ODConv2d
 from .dyconv import DyConv2d
+from .kernelwarehouse import KWConv2d
 
-DYNAMIC_CONVS: dict[str, type[DynamicConv2d]] = {"od": ODConv2d, "condconv": CondConv2d, "dyconv": DyConv2d}
+# "kw" builds a KernelWarehouse conv without cells: a WarehouseManager must register it (odconv/warehouse.py).
+DYNAMIC_CONVS: dict[str, type[nn.Module]] = {"od": ODConv2d, "condconv": CondConv2d, "dyconv": DyConv2d,
+                                             "kw": KWConv2d}
 
 
 def create_dynamic_conv(
@@ -22,8 +25,9 @@ def create_dynamic_conv(
     groups: int = 1,
     **kwargs,
 ) -> nn.Module:
-    """Build the dynamic conv `kind` ("od", "condconv" or "dyconv"); `kwargs` are that layer's own arguments
-    (e.g. kernel_num and reduction for "od", num_experts for "condconv")."""
+    """Build the dynamic conv `kind` ("od", "condconv", "dyconv" or "kw"); `kwargs` are that layer's own arguments
+    (e.g. kernel_num and reduction for "od", num_experts for "condconv"). A "kw" layer has none: its cells and
+    attention come from the WarehouseManager that registers it."""
     if kind not in DYNAMIC_CONVS:
         raise ValueError(f"Unknown dynamic conv kind {kind!r}, should be one of {list(DYNAMIC_CONVS)}")
     cls = DYNAMIC_CONVS[kind]

@@ -2,9 +2,10 @@
 
     python scripts/complexity.py [--arch resnet18 mobilenetv2_100 ...] [--out table.md]
 
-Prints two tables: the paper's ODConv rows (ours beside the published figures; rows more than 1% away carry a
-note saying why), then every dynamic-conv family per architecture (static, ODConv 1x/4x, CondConv 8x, DyConv 4x)
-with the published parameter count where the paper gives one. MAC convention: see models/complexity.py (convs
+Prints three tables: the paper's ODConv rows (ours beside the published figures; rows more than 1% away carry a
+note saying why), then every dynamic-conv family per architecture (static, ODConv 1x/4x, CondConv 8x, DyConv 4x,
+KernelWarehouse 1x/4x where released) with the published parameter count where a paper gives one, then the released
+KernelWarehouse rows (README params and accuracy; no MACs published). MAC convention: see models/complexity.py (convs
 and FC layers as the usual counters, plus every multiply-add of the dynamic convs' attentions and aggregation).
 Models are built on the meta device: counting needs shapes only, so even CondConv ResNet101 costs no memory.
 """
@@ -21,7 +22,7 @@ import torch  # noqa: E402
 
 import models  # noqa: E402
 from models.complexity import count_macs, count_params  # noqa: E402
-from models.published import COMPARISON_ROWS, PAPER_ROWS  # noqa: E402
+from models.published import COMPARISON_ROWS, KW_ROWS, PAPER_ROWS  # noqa: E402
 
 # (family label, model prefix, layer kwargs): the rows of the family table, per architecture.
 FAMILIES = (
@@ -30,6 +31,8 @@ FAMILIES = (
     ("ODConv (4x)", "od_", {"kernel_num": 4}),
     ("CondConv (8x)", "condconv_", {"num_experts": 8}),
     ("DyConv (4x)", "dyconv_", {"kernel_num": 4}),
+    ("KW (1x)", "kw_", {"kw_ratio": 1}),  # only for the architectures KernelWarehouse released
+    ("KW (4x)", "kw_", {"kw_ratio": 4}),
 )
 
 
@@ -87,11 +90,14 @@ def family_rows(archs: list[str]) -> list[dict]:
         static_macs = None
         for label, prefix, layer_kwargs in FAMILIES:
             name = prefix + arch
-            model = timm.create_model(name, device="meta", **layer_kwargs)
+            if prefix == "kw_" and name not in models.KW_MODEL_NAMES:
+                continue
+            model = _meta_model(name, **layer_kwargs)
             macs = count_macs(model)["total"]
             static_macs = static_macs or macs
             kernels = next(iter(layer_kwargs.values()), 0)
             paper = PAPER_ROWS.get((arch, kernels if prefix == "od_" else 0)) if prefix in ("od_", "static_") else None
+            paper = KW_ROWS.get((arch, kernels)) if prefix == "kw_" else paper
             comparison = COMPARISON_ROWS.get((name, kernels))
             rows.append(dict(
                 arch=arch, family=label, name=name, params=count_params(model), macs=macs,
@@ -100,6 +106,41 @@ def family_rows(archs: list[str]) -> list[dict]:
                 note=comparison.note if comparison else "",
             ))
     return rows
+
+
+def _meta_model(name: str, **kwargs):
+    # KW networks create their warehouses after the layers exist (outside timm's device argument): build them
+    # entirely under the meta device.
+    with torch.device("meta"):
+        return timm.create_model(name, **kwargs)
+
+
+def kw_rows(archs: list[str]) -> list[dict]:
+    """One dict per released KernelWarehouse ImageNet row (and its baseline) of the given architectures."""
+    rows = []
+    for (arch, ratio), paper in KW_ROWS.items():
+        if arch not in archs:
+            continue
+        model = _meta_model(f"kw_{arch}", kw_ratio=ratio) if ratio else _meta_model(f"static_{arch}")
+        rows.append(dict(arch=arch, kw_ratio=ratio, params=count_params(model), macs=count_macs(model)["total"],
+                         paper=paper))
+    return rows
+
+
+def format_kw_markdown(rows: list[dict]) -> str:
+    lines = [
+        "| KernelWarehouse model | Params (ours) | Params (published) | MACs (ours) | Top-1 / top-5 (published) "
+        "| Note |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        note = ""
+        if round(r["params"] / 1e6, 2) != r["paper"].params:
+            note = (f"{r['params']:,} by the released code and config, which the re-stated released layout in "
+                    "tests/kw_released_layout.py reproduces; the README prints another figure")
+        lines.append(f"| {r['paper'].label} | {r['params'] / 1e6:.2f}M | {r['paper'].params:.2f}M "
+                     f"| {r['macs'] / 1e6:.1f}M | {r['paper'].top1:.2f} / {r['paper'].top5:.2f} | {note} |")
+    return "\n".join(lines)
 
 
 def format_family_markdown(rows: list[dict]) -> str:
@@ -139,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the Markdown table to this file")
     args = parser.parse_args(argv)
     text = format_markdown(table_rows(args.arch)) + "\n\n" + format_family_markdown(family_rows(args.arch))
+    kw = kw_rows(args.arch)
+    if kw:
+        text += "\n\n" + format_kw_markdown(kw)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")

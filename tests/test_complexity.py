@@ -13,7 +13,7 @@ import torch
 
 import models  # noqa: F401  (registers the zoo)
 from models import count_params
-from models.complexity import count_macs, dynamic_conv_macs
+from models.complexity import count_macs, dynamic_conv_macs, kw_conv_macs
 from models.published import COMPARISON_ROWS
 from odconv import CondConv2d, DyConv2d, ODConv2d
 
@@ -136,13 +136,33 @@ def test_complexity_script_prints_the_table(tmp_path):
         [sys.executable, str(ROOT / "scripts" / "complexity.py"), "--arch", "resnet18", "--out", str(out)],
         capture_output=True, text=True, check=True, cwd=tmp_path,
     )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("| ResNet18")]
+    lines = [line for line in proc.stdout.split("\n\n")[0].splitlines() if line.startswith("| ResNet18")]
     assert len(lines) == 3
     assert "| 11.94M | 11.94M | 1.830G | 1.838G | -0.4% |" in lines[1]
     assert "undocumented convention" in lines[2]  # the 4x row is 2.2% off and says why
     family = [line for line in proc.stdout.splitlines() if line.startswith("| resnet18 |")]
     assert [line.split(" | ")[1] for line in family] == [
-        "static", "ODConv (1x)", "ODConv (4x)", "CondConv (8x)", "DyConv (4x)"]
+        "static", "ODConv (1x)", "ODConv (4x)", "CondConv (8x)", "DyConv (4x)", "KW (1x)", "KW (4x)"]
+    assert "| `kw_resnet18` | 11.93M | 11.93M |" in family[5] and "| `kw_resnet18` | 45.86M | 45.86M |" in family[6]
+    kw = [line for line in proc.stdout.splitlines() if line.startswith("| ResNet18 + KW")]
+    assert len(kw) == 5 and "| 4.03M | 4.08M |" in kw[0] and "the README prints another figure" in kw[0]
     assert "| `condconv_resnet18` | 88.62M | 81.35M | 1903.7M | +4.9% | published count = CondConv in the last" in family[3]
     assert "| `dyconv_resnet18` | 44.93M | 45.47M | 1860.0M | +2.5% | published count = ours + DyConv" in family[4]
     assert out.read_text().strip() == proc.stdout.strip()
+
+
+def test_kernelwarehouse_layer_macs_by_hand():
+    """A 3x3 KW conv 8->16 at 6x6 (stride 1) sharing a warehouse of 27 cells: conv 16*8*9*36, pool 8*36, fc1 8x16
+    and fc2 16x(18*28), and 27 multiply-adds per kernel weight to mix the cells."""
+    from odconv import WarehouseManager, build_warehouses
+
+    manager = WarehouseManager()
+    net = torch.nn.ModuleList([manager.reserve(8, 16, 3, padding=1, bias=False, warehouse_name="w"),
+                               manager.reserve(16, 8, 3, padding=1, bias=False, warehouse_name="w")])
+    build_warehouses(net, manager)
+    assert manager.weights[0].shape[0] == 18 + 18  # cells 8x8: 2x1 and 1x2 groups, 9 taps each
+    layer = net[0]
+    x = torch.randn(1, 8, 6, 6)
+    macs = kw_conv_macs(layer, x, layer.eval()(x))
+    assert macs == {"conv": 16 * 8 * 9 * 36, "attention": 8 * 36 + 8 * 16 + 16 * 18 * 37,
+                    "aggregation": 36 * 16 * 8 * 9, "products": 0}

@@ -18,7 +18,9 @@ from conftest import CONFIGS, REPO, compose_cfg, run_train
 from train.builders import build_model, data_defaults, model_kwargs
 from train.config import ConfigError, TrainConfig, lr_for, validate
 
-EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
+# ODConv's paper rows and comparisons; KernelWarehouse's rows (kw_*) have their own recipes, tested below.
+EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml") if not p.stem.startswith("kw_"))
+KW_EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("kw_*.yaml"))
 MODELS = sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml"))
 
 
@@ -120,6 +122,7 @@ MODEL_OPTION_TAKES = {
     "od_": "it takes kernel_num, reduction, min_channel, attentions, spatial_act, attention_norm, dynamic_stages",
     "condconv_": "it takes num_experts, dynamic_stages",
     "dyconv_": "it takes kernel_num, reduction, dynamic_stages",
+    "kw_": "it takes kw_ratio",
     "static_": "it takes none of the dynamic-convolution keys",
 }
 
@@ -138,6 +141,47 @@ def test_model_options_validate(name):
     assert str(e.value) == (f"model.{foreign} does not apply to {c.model.name} ({takes}); remove it or pick another "
                             "model.name")
 
+
+
+def test_one_kw_experiment_per_released_row():
+    from models.published import KW_ROWS
+
+    names = {f"kw_{arch}" + {0: "", 0.25: "_1d4x", 0.5: "_1d2x", 1: "", 2: "_2x", 4: "_4x"}[r] if r else
+             f"kw_baseline_{arch}" for arch, r in KW_ROWS}
+    assert names == set(KW_EXPERIMENTS)
+
+
+# Released per-row settings (configs/*/*.json): drop path, label smoothing, mixup/cutmix.
+KW_DROP_PATH = {"kw_resnet18_1d4x": 0.0, "kw_resnet18_1d2x": 0.0, "kw_baseline_resnet18": 0.0}
+KW_SMOOTHED = {"kw_mobilenetv2_100", "kw_mobilenetv2_100_4x", "kw_mobilenetv2_050_4x"}
+
+
+@pytest.mark.parametrize("name", KW_EXPERIMENTS)
+def test_kw_experiment_composes_with_the_released_recipe(name):
+    from models.published import KW_ROWS
+
+    c = validate(compose_cfg([f"experiment={name}"]))
+    assert c.run_name == name
+    resnet = "resnet" in name
+    ratio = c.model.kw_ratio or 0
+    assert (c.model.name.removeprefix("kw_").removeprefix("static_"), ratio) in KW_ROWS
+    assert (c.data.format, c.data.img_size) == ("folder", 224) and _built_dropout(c) == 0.0
+    if c.model.name.startswith("kw_"):
+        assert (c.model.temperature_init, c.model.temperature_end) == (1.0, 0.0)
+        assert c.model.temperature_epochs == (20 if resnet else 15)
+    if resnet:
+        assert (c.trainer.epochs, c.optim.name, lr_for(c), c.optim.weight_decay) == (300, "adamw", 4e-3, 0.05)
+        assert (c.data.global_batch_size, c.sched.name, c.sched.warmup_epochs, c.sched.min_lr) == (4096, "cosine", 20,
+                                                                                                   1e-6)
+        assert (c.data.auto_augment, c.data.reprob, c.data.label_smoothing) == ("rand-m9-mstd0.5-inc1", 0.25, 0.1)
+        assert (c.data.mixup, c.data.cutmix) == ((0.0, 0.0) if name == "kw_resnet18_1d4x" else (0.8, 1.0))
+        assert c.model.drop_path_rate == KW_DROP_PATH.get(name, 0.1)
+    else:
+        assert (c.trainer.epochs, c.optim.name, c.optim.nesterov, lr_for(c), c.optim.weight_decay) == (
+            150, "sgd", True, 0.05, 4e-5)
+        assert (c.sched.name, c.sched.warmup_epochs, c.data.mixup, c.data.auto_augment) == ("cosine", 0, 0.0, None)
+        assert c.data.label_smoothing == (0.1 if name in KW_SMOOTHED else 0.0)
+    assert c.optim.wd_exclude_norm_bias
 
 
 def test_only_the_model_keys_a_config_sets_reach_the_builder():
@@ -190,6 +234,9 @@ def test_lr_scales_linearly_with_global_batch():
     (["model.min_channel=0"], "model.min_channel must be > 0, got 0"),
     (["model.temperature_init=0.5"], "model.temperature_init must be >= 1 (1 = no temperature), got 0.5"),
     (["trainer.odconv_formulation=colums"], "trainer.odconv_formulation must be one of ['bmm', 'columns', 'feature',"),
+    (["model=kw_resnet18", "model.temperature_init=30"], "model.temperature_init and temperature_end are "
+     "KernelWarehouse's tau for kw_resnet18: need 0 <= end <= init <= 1, got init 30.0, end 0.0"),
+    (["model=kw_resnet18", "model.kw_ratio=3"], "model.kw_ratio must be one of [0.25, 0.5, 1, 2, 4], got 3.0"),
     (["data.std=[0.2,0.2]"], "data.std must be 3 numbers > 0 (or null: the model's), got [0.2, 0.2]"),
 ])
 def test_impossible_values_name_the_key(override, message):

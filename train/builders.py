@@ -30,6 +30,8 @@ def model_kwargs(m: ModelConfig, num_classes: int) -> dict:
             kwargs[key] = tuple(value) if isinstance(value, list) else value
     if m.dropout is not None:
         kwargs["drop_rate"] = m.dropout
+    if m.drop_path_rate is not None:
+        kwargs["drop_path_rate"] = m.drop_path_rate
     return kwargs
 
 
@@ -46,6 +48,17 @@ def build_model(c: TrainConfig, num_classes: int) -> nn.Module:
             models.load_checkpoint(model, m.init_checkpoint)
         except (FileNotFoundError, ValueError) as e:
             raise ConfigError(f"model.init_checkpoint: {e}") from None
+    return model
+
+
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """`model` with its 4-D parameters and buffers (conv kernels) in channels_last, in place. `Module.to(memory_format=
+    channels_last)` also converts 5-D tensors and raises for them: ODConv's, CondConv's and DyConv's stacked kernels
+    (K, O, I, kh, kw) and KernelWarehouse's warehouses (n, c_out, c_in, 1, 1) are 5-D and keep their layout."""
+    with torch.no_grad():
+        for t in (*model.parameters(), *model.buffers()):
+            if t.dim() == 4:
+                t.data = t.data.contiguous(memory_format=torch.channels_last)
     return model
 
 

@@ -24,7 +24,9 @@ class ConfigError(ValueError):
 class ModelConfig:
     """What `timm.create_model` receives. Every key but `name` and the temperature schedule is an argument of the zoo's
     builders; unset (None) keys are not passed, so the builder's default holds (one source for each default)."""
-    name: str = MISSING  # timm name of a zoo model: od_, condconv_, dyconv_ or static_ + resnet18 ... mobilenetv2_100
+    # timm name of a zoo model: od_, condconv_, dyconv_ or static_ + resnet18 ... mobilenetv2_100; kw_ + resnet18,
+    # resnet50, mobilenetv2_050 or mobilenetv2_100
+    name: str = MISSING
     kernel_num: Optional[int] = None  # od_ / dyconv_: kernels per layer; 0 marks a static model (not passed)
     reduction: Optional[float] = None  # od_ / dyconv_: attention hidden width = in_channels * reduction
     min_channel: Optional[int] = None  # od_: lower bound of that hidden width (released: 16)
@@ -33,9 +35,14 @@ class ModelConfig:
     attention_norm: Optional[str] = None  # od_: batch (released) | layer (batch-independent) | none
     dynamic_stages: Optional[List[int]] = None  # 1-based stages (strides 4, 8, 16, 32) with dynamic convs; None = all
     num_experts: Optional[int] = None  # condconv_: experts per layer
+    kw_ratio: Optional[float] = None  # kw_: KernelWarehouse's parameter budget, 0.25 | 0.5 | 1 | 2 | 4 (released "b x")
     dropout: Optional[float] = None  # before the classifier
-    temperature_init: float = 30.0  # attention temperature annealed linearly to 1 (1 = no temperature) ...
+    drop_path_rate: Optional[float] = None  # ResNet: stochastic depth on every residual branch (KernelWarehouse recipe)
+    temperature_init: float = 30.0  # attention temperature annealed linearly to temperature_end ...
     temperature_epochs: float = 10.0  # ... over this many epochs, per iteration (released recipe; 0 = no annealing)
+    # ODConv/DyConv: 1 (no temperature). kw_: the temperature is tau, the weight of the initial cell assignment,
+    # annealed 1 -> 0 (temperature_init 1, temperature_end 0, temperature_epochs 20; 15 for MobileNetV2).
+    temperature_end: float = 1.0
     init_checkpoint: Optional[str] = None  # weights to start from (released or ours), classifier included
 
 
@@ -257,6 +264,7 @@ MODEL_KWARGS = {
     "od_": ("kernel_num", "reduction", "min_channel", "attentions", "spatial_act", "attention_norm", "dynamic_stages"),
     "condconv_": ("num_experts", "dynamic_stages"),
     "dyconv_": ("kernel_num", "reduction", "dynamic_stages"),
+    "kw_": ("kw_ratio",),
     "static_": (),
 }
 ZOO_KWARGS = sorted({k for keys in MODEL_KWARGS.values() for k in keys})
@@ -302,8 +310,20 @@ def validate_model(m: ModelConfig) -> None:
             raise ConfigError(f"model.dynamic_stages must be distinct stage numbers among [1, 2, 3, 4], got {stages}")
     if m.dropout is not None and not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
-    if m.temperature_init < 1.0:
-        raise ConfigError(f"model.temperature_init must be >= 1 (1 = no temperature), got {m.temperature_init}")
+    if m.drop_path_rate is not None and not 0.0 <= m.drop_path_rate < 1.0:
+        raise ConfigError(f"model.drop_path_rate must be in [0, 1), got {m.drop_path_rate}")
+    if family == "kw_":
+        if m.kw_ratio is not None:
+            _choice("model.kw_ratio", m.kw_ratio, {0.25, 0.5, 1, 2, 4})
+        if not 0.0 <= m.temperature_end <= m.temperature_init <= 1.0:
+            raise ConfigError(f"model.temperature_init and temperature_end are KernelWarehouse's tau for {m.name}: "
+                              f"need 0 <= end <= init <= 1, got init {m.temperature_init}, end {m.temperature_end}")
+    else:
+        if m.temperature_init < 1.0:
+            raise ConfigError(f"model.temperature_init must be >= 1 (1 = no temperature), got {m.temperature_init}")
+        if not 1.0 <= m.temperature_end <= m.temperature_init:
+            raise ConfigError(f"model.temperature_end must be in [1, temperature_init] (1 = no temperature), got "
+                              f"{m.temperature_end}")
     _positive("model.temperature_epochs", m.temperature_epochs, allow_zero=True)
 
 

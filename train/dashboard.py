@@ -20,7 +20,7 @@ NOT_CONFIGURATION = ("trainer.seed", "paths", "logger", "run_name", "mode", "che
 
 # Model families whose attention has a temperature (odconv/temperature.py anneals it); the others log one that
 # nothing reads, which no dashboard should draw.
-TEMPERATURE_FAMILIES = ("od_", "dyconv_")
+TEMPERATURE_FAMILIES = ("od_", "dyconv_", "kw_")  # kw_: tau, the weight of the initial cell assignment
 
 
 def has_temperature(config: dict) -> bool:

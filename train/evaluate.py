@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from odconv import set_temperature
+from odconv import final_temperature, set_temperature
 
 from . import distributed
-from .builders import build_loaders, build_model
+from .builders import build_loaders, build_model, to_channels_last
 from .config import ConfigError, TrainConfig
 from .distributed import DistInfo
 from .precise_bn import batch_statistics
@@ -72,11 +72,13 @@ def evaluate_checkpoint(c: TrainConfig, di: DistInfo) -> dict:
         load_state_dict_checked(model, state, source=c.checkpoint)
     except ValueError as e:
         raise ConfigError(f"checkpoint {c.checkpoint} does not fit model.name={c.model.name}: {e}") from None
-    # Released checkpoints are fully trained (temperature 1); ours record the temperature they were saved at.
-    set_temperature(model, float(ck.get("temperature", 1.0)) if isinstance(ck, dict) else 1.0)
+    # Released checkpoints are fully trained (temperature 1; KernelWarehouse's tau 0); ours record the temperature
+    # they were saved at.
+    final = final_temperature(model)
+    set_temperature(model, float(ck.get("temperature", final)) if isinstance(ck, dict) else final)
     model = model.to(di.device)
     if c.trainer.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = to_channels_last(model)
     amp = lambda: autocast(c, di.device)  # noqa: E731
     results = {"model": evaluate(model, loaders.val, di.device, amp, c.trainer.limit_val_batches)}
     if isinstance(ck, dict) and ck.get("ema"):

@@ -28,7 +28,7 @@ from odconv.dispatch import measures, use_formulation
 
 from . import checkpoint as ckpt_lib
 from . import distributed
-from .builders import Loaders, build_loaders, build_model, resolve_run_dir
+from .builders import Loaders, build_loaders, build_model, resolve_run_dir, to_channels_last
 from .config import ConfigError, TrainConfig, validate
 from .distributed import DistInfo
 from .evaluate import autocast, evaluate, evaluate_checkpoint
@@ -80,7 +80,8 @@ class Ctx:
 
     def temperature(self, step: int) -> float:
         m = self.c.model
-        return temperature_schedule(step + 1, self.loaders.steps_per_epoch, m.temperature_init, m.temperature_epochs)
+        return temperature_schedule(step + 1, self.loaders.steps_per_epoch, m.temperature_init, m.temperature_epochs,
+                                    m.temperature_end)
 
 
 def run(cfg) -> dict:
@@ -121,7 +122,7 @@ def _setup_model(c: TrainConfig, di: DistInfo, num_classes: int):
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(di.device)
     if c.trainer.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = to_channels_last(model)
     ema = ModelEmaV3(model, decay=c.trainer.ema_decay) if c.trainer.ema else None
     return model, ema
 

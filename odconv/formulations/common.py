@@ -24,6 +24,9 @@ class LayerShape(NamedTuple):
     has_spatial: bool
     has_channel: bool = True
     has_filter: bool = True
+    # Layers that bring their own per-sample kernel (KernelWarehouse) also run 1-D (height 1) and 3-D calls: then
+    # `depth` is the input's depth and kernel_size and stride have three entries.
+    depth: int = 1
 
     @classmethod
     def of_call(cls, x: Tensor, weight: Tensor, channel, filt, spatial, kernel, stride, groups: int) -> "LayerShape":
