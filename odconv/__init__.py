@@ -1,21 +1,23 @@
 """ODConv: omni-dimensional dynamic convolution (Li, Zhou, Yao, ICLR 2022), and CondConv and DyConv on the same
-code path. Depends on torch only."""
+code path, in 1, 2 and 3 spatial dimensions. Depends on torch only."""
 from . import tuning
 from .attention import Attentions, ODAttention
-from .condconv import CondConv2d, CondConvRouting
-from .conv import DynamicConv2d, ODConv2d
+from .condconv import CondConv1d, CondConv2d, CondConv3d, CondConvNd, CondConvRouting
+from .conv import (DynamicConv1d, DynamicConv2d, DynamicConv3d, DynamicConvNd, ODConv1d, ODConv2d, ODConv3d,
+                   ODConvNd)
 from .convert import convert
 from .dispatch import get_dispatch, set_dispatch, use_formulation
-from .dyconv import DyConv2d, DyConvAttention
+from .dyconv import DyConv1d, DyConv2d, DyConv3d, DyConvAttention, DyConvNd
 from .explain import explain, format_explain
 from .factory import DYNAMIC_CONVS, create_dynamic_conv
 from .formulations import FORMULATIONS
-from .functional import odconv2d
+from .functional import odconv1d, odconv2d, odconv3d
 from .temperature import set_temperature, temperature_schedule
 
 __all__ = [
-    "DYNAMIC_CONVS", "FORMULATIONS", "Attentions", "CondConv2d", "CondConvRouting", "DyConv2d", "DyConvAttention",
-    "DynamicConv2d", "ODAttention", "ODConv2d", "convert", "create_dynamic_conv", "explain", "format_explain",
-    "get_dispatch", "odconv2d", "set_dispatch", "set_temperature", "temperature_schedule", "tuning",
-    "use_formulation",
+    "DYNAMIC_CONVS", "FORMULATIONS", "Attentions", "CondConv1d", "CondConv2d", "CondConv3d", "CondConvNd",
+    "CondConvRouting", "DyConv1d", "DyConv2d", "DyConv3d", "DyConvAttention", "DyConvNd", "DynamicConv1d",
+    "DynamicConv2d", "DynamicConv3d", "DynamicConvNd", "ODAttention", "ODConv1d", "ODConv2d", "ODConv3d", "ODConvNd",
+    "convert", "create_dynamic_conv", "explain", "format_explain", "get_dispatch", "odconv1d", "odconv2d",
+    "odconv3d", "set_dispatch", "set_temperature", "temperature_schedule", "tuning", "use_formulation",
 ]
