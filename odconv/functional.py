@@ -61,6 +61,7 @@ def odconv1d(x: Tensor, weight: Tensor, channel, filt, spatial, kernel, stride=(
     a (1, L) map (views, no copies), so every formulation computes it."""
     if x.dim() != 3 or weight.dim() != 4:
         raise ValueError(f"odconv1d needs a 3-D input and a 4-D weight, got {tuple(x.shape)} and {tuple(weight.shape)}")
-    out = odconv2d(x.unsqueeze(2), weight.unsqueeze(3), channel, filt, None if spatial is None else spatial.unsqueeze(1),
-                   kernel, (1, *stride), (0, *padding), (1, *dilation), groups, bias, formulation)
+    spatial = None if spatial is None else spatial.unsqueeze(1)
+    out = odconv2d(x.unsqueeze(2), weight.unsqueeze(3), channel, filt, spatial, kernel, (1, *stride), (0, *padding),
+                   (1, *dilation), groups, bias, formulation)
     return out.squeeze(2)

@@ -152,7 +152,7 @@ def test_odconv_nd_every_attention_subset(dims, subset):
     layer = _perturbed(ODCONVS[dims](cin, cout, k, s, p, **kwargs))
     x = _input(dims, name)
     for training in (True, False):
-        _check(layer, x, lambda x64, p: reference_odconv(x64, layer, p, training), None, training)
+        _check(layer, x, lambda x64, p, t=training: reference_odconv(x64, layer, p, t), None, training)
 
 
 def _other_cases():
@@ -226,9 +226,8 @@ def test_measured_dispatch_times_3d_and_1d_calls(fresh):  # noqa: F811
 
 
 def test_functional_1d_and_3d_match_the_layers():
-    for dims, fn in ((1, odconv.odconv1d), (3, odconv.odconv3d)):
-        layer, x = _odconv(dims, "k5-stride2-dilation2" if dims == 1 else "rect-stride-dilation"), None
-        x = _input(dims, "k5-stride2-dilation2" if dims == 1 else "rect-stride-dilation")
+    for dims, fn, name in ((1, odconv.odconv1d, "k5-stride2-dilation2"), (3, odconv.odconv3d, "rect-stride-dilation")):
+        layer, x = _odconv(dims, name), _input(dims, name)
         layer.eval()
         with torch.no_grad():
             att = layer.attention(x)
