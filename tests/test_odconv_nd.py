@@ -200,7 +200,11 @@ def test_parameters_keep_the_2d_names_with_nd_shapes(dims):
 def test_3d_dispatch_rules_and_forcing_errors():
     layer, x = _odconv(3, "k3"), _input(3, "k3")
     layer.train()
-    assert odconv.explain(layer, x)[0].formulation == "grouped"
+    rows = odconv.explain(layer, x)
+    assert rows[0].formulation == "grouped" and rows[0].shape.depth == 3 and rows[0].shape.dims == 3
+    assert "3x4x4   3  1     1  3  grouped" in odconv.format_explain(rows)
+    one_d = odconv.format_explain(odconv.explain(_odconv(1, "k5-stride2-dilation2"), _input(1, "k5-stride2-dilation2")))
+    assert "1x13     5  2" in one_d  # a 1-D call as the 2-D call it runs as: a (1, 13) map, its kernel and stride
     assert choose(_odconv(3, "depthwise").layer_shape(x[:, :6])) == "folded"
     layer.eval()  # one sample, inference, the kernel (8*4*27) no larger than the maps ((4+8)*3*6*6): `single`
     assert odconv.explain(layer, torch.randn(1, 4, 3, 6, 6))[0].formulation == "single"
