@@ -1,24 +1,28 @@
 """ODConv: omni-dimensional dynamic convolution (Li, Zhou, Yao, ICLR 2022), and CondConv, DyConv and
-KernelWarehouse (Li, Yao, ICML 2024) on the same code path. Depends on torch only."""
+KernelWarehouse (Li, Yao, ICML 2024) on the same code path, in 1, 2 and 3 spatial dimensions. Depends on torch
+only."""
 from . import tuning
 from .attention import Attentions, ODAttention
-from .condconv import CondConv2d, CondConvRouting
-from .conv import DynamicConv2d, ODConv2d
+from .condconv import CondConv1d, CondConv2d, CondConv3d, CondConvNd, CondConvRouting
+from .conv import (DynamicConv1d, DynamicConv2d, DynamicConv3d, DynamicConvNd, ODConv1d, ODConv2d, ODConv3d,
+                   ODConvNd)
 from .convert import convert
 from .dispatch import get_dispatch, set_dispatch, use_formulation
-from .dyconv import DyConv2d, DyConvAttention
+from .dyconv import DyConv1d, DyConv2d, DyConv3d, DyConvAttention, DyConvNd
 from .explain import explain, format_explain
 from .factory import DYNAMIC_CONVS, create_dynamic_conv
 from .formulations import FORMULATIONS
-from .functional import odconv2d
+from .functional import odconv1d, odconv2d, odconv3d
 from .kernelwarehouse import KWAttention, KWConv1d, KWConv2d, KWConv3d, KWConvNd, KWLinear
 from .temperature import final_temperature, set_temperature, temperature_schedule
 from .warehouse import WarehouseManager, build_warehouses
 
 __all__ = [
-    "DYNAMIC_CONVS", "FORMULATIONS", "Attentions", "CondConv2d", "CondConvRouting", "DyConv2d", "DyConvAttention",
-    "DynamicConv2d", "KWAttention", "KWConv1d", "KWConv2d", "KWConv3d", "KWConvNd", "KWLinear", "ODAttention",
-    "ODConv2d", "WarehouseManager", "build_warehouses", "convert", "create_dynamic_conv", "explain",
-    "final_temperature", "format_explain", "get_dispatch", "odconv2d", "set_dispatch", "set_temperature",
-    "temperature_schedule", "tuning", "use_formulation",
+    "DYNAMIC_CONVS", "FORMULATIONS", "Attentions", "CondConv1d", "CondConv2d", "CondConv3d", "CondConvNd",
+    "CondConvRouting", "DyConv1d", "DyConv2d", "DyConv3d", "DyConvAttention", "DyConvNd", "DynamicConv1d",
+    "DynamicConv2d", "DynamicConv3d", "DynamicConvNd", "KWAttention", "KWConv1d", "KWConv2d", "KWConv3d",
+    "KWConvNd", "KWLinear", "ODAttention", "ODConv1d", "ODConv2d", "ODConv3d", "ODConvNd", "WarehouseManager",
+    "build_warehouses", "convert", "create_dynamic_conv", "explain", "final_temperature", "format_explain",
+    "get_dispatch", "odconv1d", "odconv2d", "odconv3d", "set_dispatch", "set_temperature", "temperature_schedule",
+    "tuning", "use_formulation",
 ]

@@ -1,6 +1,7 @@
 """The attention branch of ODConv: four attentions over one kernel's four dimensions (Li et al., ICLR 2022)."""
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Optional
 
 import torch
@@ -13,12 +14,12 @@ class Attentions(NamedTuple):
 
     channel: Optional[Tensor]  # (B, C_in), sigmoid; None where the layer has no channel attention
     filter: Optional[Tensor]  # (B, C_out), sigmoid; None for depthwise convs
-    spatial: Optional[Tensor]  # (B, kh, kw), sigmoid per tap or softmax over taps; None for 1x1 kernels
+    spatial: Optional[Tensor]  # (B, *kernel_size), sigmoid per tap or softmax over taps; None for 1x1 kernels
     kernel: Optional[Tensor]  # (B, K) mixing weights of the K kernels (ODConv, DyConv: softmax; CondConv: sigmoid)
 
 
 class _GlobalAvgPool(torch.autograd.Function):
-    """Spatial mean (B, C, H, W) -> (B, C) whose backward returns the broadcast gradient as a stride-0 view.
+    """Spatial mean (B, C, *spatial) -> (B, C) whose backward returns the broadcast gradient as a stride-0 view.
 
     Autograd's own backward of `mean` writes a (B, C, H, W) tensor of grad / (H*W) before adding it to the input's
     gradient from the convolution: one extra pass over every ODConv layer's input per step (17 ms of a 1.0 s
@@ -28,16 +29,17 @@ class _GlobalAvgPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
         ctx.shape = x.shape
-        return x.mean((2, 3))
+        return x.mean(tuple(range(2, x.dim())))
 
     @staticmethod
     def backward(ctx, grad):
-        b, c, h, w = ctx.shape
-        return (grad / (h * w))[:, :, None, None].expand(b, c, h, w)
+        shape = ctx.shape
+        n = math.prod(shape[2:])
+        return (grad / n).view(*shape[:2], *([1] * (len(shape) - 2))).expand(shape)
 
 
 def global_avg_pool(x: Tensor) -> Tensor:
-    """(B, C, H, W) -> (B, C) spatial mean, with a backward pass that writes no (B, C, H, W) tensor."""
+    """(B, C, *spatial) -> (B, C) spatial mean, with a backward pass that writes no input-sized tensor."""
     return _GlobalAvgPool.apply(x)
 
 
@@ -91,8 +93,15 @@ def is_inference_call(module: nn.Module) -> bool:
     return not module.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
 
 
+_CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_BATCH_NORMS = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+
+
 class ODAttention(nn.Module):
     """Squeeze (GAP -> 1x1 conv -> norm -> ReLU), then one 1x1-conv head per attended dimension.
+
+    Works in 1, 2 or 3 spatial dimensions (the length of `kernel_size`): its 1x1 convs and BatchNorm are then
+    Conv1d/2d/3d and BatchNorm1d/2d/3d, and the spatial head has one output per kernel tap (prod(kernel_size)).
 
     Module and parameter names follow the released code (`fc`, `bn`, `channel_fc`, `filter_fc`,
     `spatial_fc`, `kernel_fc`) so released checkpoints load unchanged. Ablation switches (the released behaviour
@@ -107,7 +116,7 @@ class ODAttention(nn.Module):
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: tuple[int, int],
+        kernel_size: tuple[int, ...],
         groups: int = 1,
         reduction: float = 0.0625,
         kernel_num: int = 4,
@@ -131,23 +140,25 @@ class ODAttention(nn.Module):
         self.register_buffer("temperature", torch.tensor(1.0, **factory_kwargs), persistent=False)
 
         is_depthwise = in_channels == groups and in_channels == out_channels
-        kh, kw = kernel_size
+        taps = math.prod(kernel_size)
+        conv = _CONVS[len(kernel_size)]
         has = {
             "channel": "channel" in attentions,
             "filter": "filter" in attentions and not is_depthwise,
-            "spatial": "spatial" in attentions and kh * kw > 1,
+            "spatial": "spatial" in attentions and taps > 1,
             "kernel": "kernel" in attentions and kernel_num > 1,
         }
         squeeze = any(has.values())
         # Without a norm the squeeze fc gets the bias a norm would otherwise provide (as an SE block's fc has).
         fc_bias = attention_norm == "none"
-        self.fc = nn.Conv2d(in_channels, hidden, 1, bias=fc_bias, **factory_kwargs) if squeeze else None
-        self.bn = nn.BatchNorm2d(hidden, **factory_kwargs) if squeeze and attention_norm == "batch" else None
+        batch_norm = _BATCH_NORMS[len(kernel_size)]
+        self.fc = conv(in_channels, hidden, 1, bias=fc_bias, **factory_kwargs) if squeeze else None
+        self.bn = batch_norm(hidden, **factory_kwargs) if squeeze and attention_norm == "batch" else None
         self.norm = nn.GroupNorm(1, hidden, **factory_kwargs) if squeeze and attention_norm == "layer" else None
-        self.channel_fc = nn.Conv2d(hidden, in_channels, 1, **factory_kwargs) if has["channel"] else None
-        self.filter_fc = nn.Conv2d(hidden, out_channels, 1, **factory_kwargs) if has["filter"] else None
-        self.spatial_fc = nn.Conv2d(hidden, kh * kw, 1, **factory_kwargs) if has["spatial"] else None
-        self.kernel_fc = nn.Conv2d(hidden, kernel_num, 1, **factory_kwargs) if has["kernel"] else None
+        self.channel_fc = conv(hidden, in_channels, 1, **factory_kwargs) if has["channel"] else None
+        self.filter_fc = conv(hidden, out_channels, 1, **factory_kwargs) if has["filter"] else None
+        self.spatial_fc = conv(hidden, taps, 1, **factory_kwargs) if has["spatial"] else None
+        self.kernel_fc = conv(hidden, kernel_num, 1, **factory_kwargs) if has["kernel"] else None
         # (key, folded weights) of the inference path; see _inference_weights.
         self._folded: Optional[tuple] = None
         self.reset_parameters()
@@ -156,22 +167,22 @@ class ODAttention(nn.Module):
         # As released: He init (fan_out, relu) for every 1x1 conv, zero biases, identity BN, so every
         # sigmoid starts at 0.5 and the softmax at 1/K.
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
+            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm)):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
     def update_temperature(self, temperature: float) -> None:
         self.temperature.fill_(float(temperature))
 
-    def _heads(self) -> list[nn.Conv2d]:
+    def _heads(self) -> list[nn.Module]:
         return [h for h in (self.channel_fc, self.filter_fc, self.spatial_fc, self.kernel_fc) if h is not None]
 
     def _squeeze(self, x: Tensor) -> Tensor:
-        """GAP -> fc -> norm -> ReLU: (B, C_in, H, W) -> (B, hidden)."""
+        """GAP -> fc -> norm -> ReLU: (B, C_in, *spatial) -> (B, hidden)."""
         b = x.shape[0]
         s = F.linear(global_avg_pool(x), self.fc.weight.flatten(1), self.fc.bias)  # GAP, then the squeeze fc
         if self.bn is not None:
@@ -182,7 +193,7 @@ class ODAttention(nn.Module):
                     "BatchNorm (attention_norm='batch', as released); use attention_norm='layer' or 'none', call "
                     "model.eval(), or train with batches of more than one sample"
                 )
-            s = self.bn(s.view(b, -1, 1, 1))
+            s = self.bn(s.view(b, -1, *([1] * len(self.kernel_size))))  # the BatchNorm of the layer's dimension
         elif self.norm is not None:
             s = self.norm(s.view(b, -1, 1, 1))
         return F.relu(s).view(b, -1)
@@ -197,7 +208,7 @@ class ODAttention(nn.Module):
             # Inference: the eval BatchNorm is in the squeeze weights and 1/T in the heads', computed once; the
             # GAP's division by H*W rides on the GEMM (alpha). Five small ops where training mode has a dozen.
             w1, b1, w2, b2 = folded
-            s = torch.addmm(b1, x.sum((2, 3)), w1, alpha=1.0 / (x.shape[-2] * x.shape[-1]))
+            s = torch.addmm(b1, x.sum(tuple(range(2, x.dim()))), w1, alpha=1.0 / math.prod(x.shape[2:]))
             if self.norm is not None:
                 s = self.norm(s.view(b, -1, 1, 1)).view(b, -1)
             logits = torch.addmm(b2, s.relu_(), w2)
@@ -217,8 +228,7 @@ class ODAttention(nn.Module):
         b = x.shape[0]
         c = self.channel_fc.out_channels if self.channel_fc is not None else 0
         o = self.filter_fc.out_channels if self.filter_fc is not None else 0
-        kh, kw = self.kernel_size
-        t = kh * kw if self.spatial_fc is not None else 0
+        t = math.prod(self.kernel_size) if self.spatial_fc is not None else 0
         sigmoid_end = c + o + (t if self.spatial_act == "sigmoid" else 0)
         gates = torch.sigmoid(logits[:, :sigmoid_end])
         channel = gates[:, :c] if self.channel_fc is not None else None  # None: attention 1, no multiply
@@ -227,7 +237,7 @@ class ODAttention(nn.Module):
         if self.spatial_fc is not None:
             taps = gates[:, c + o: c + o + t] if self.spatial_act == "sigmoid" else torch.softmax(
                 logits[:, c + o: c + o + t], dim=1)
-            spatial = taps.reshape(b, kh, kw)
+            spatial = taps.reshape(b, *self.kernel_size)
         kernel = torch.softmax(logits[:, c + o + t:], dim=1) if self.kernel_fc is not None else None
         return Attentions(channel, filt, spatial, kernel)
 

@@ -1,4 +1,5 @@
-"""`CondConv2d`: conditionally parameterised convolution on ODConv's kernel-mixing code path.
+"""`CondConv2d` (and `CondConv1d`, `CondConv3d`): conditionally parameterised convolution on ODConv's kernel-mixing
+code path.
 
 Yang, Bender, Le, Ngiam. "CondConv: Conditionally Parameterized Convolutions for Efficient Inference."
 NeurIPS 2019. https://arxiv.org/abs/1904.04971
@@ -11,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from .attention import Attentions, global_avg_pool
-from .conv import DynamicConv2d, IntOrPair
+from .conv import DynamicConv1d, DynamicConv2d, DynamicConv3d, DynamicConvNd, IntOrPair
 
 
 class CondConvRouting(nn.Module):
@@ -41,7 +42,7 @@ class CondConvRouting(nn.Module):
         return Attentions(None, None, None, routing)  # only the kernel attention: the others are 1
 
 
-class CondConv2d(DynamicConv2d):
+class CondConvNd(DynamicConvNd):
     """CondConv (Yang et al., NeurIPS 2019): ``y[b] = conv(x[b], sum_i r_i(x[b]) W_i)`` with
     ``r(x) = sigmoid(GAP(x) R + c)``, `num_experts` kernels (8 in the ODConv paper's comparison).
 
@@ -80,3 +81,17 @@ class CondConv2d(DynamicConv2d):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", num_experts={self.num_experts}"
+
+
+class CondConv1d(CondConvNd, DynamicConv1d):
+    """CondConv over sequences, a drop-in replacement for `nn.Conv1d`: CondConv2d's arguments and parameter names,
+    ``weight`` (K, O, I/g, k)."""
+
+
+class CondConv2d(CondConvNd, DynamicConv2d):
+    """CondConv for images, a drop-in replacement for `nn.Conv2d`. See `CondConvNd` for the arguments."""
+
+
+class CondConv3d(CondConvNd, DynamicConv3d):
+    """CondConv over volumes, a drop-in replacement for `nn.Conv3d`: CondConv2d's arguments and parameter names,
+    ``weight`` (K, O, I/g, kd, kh, kw)."""

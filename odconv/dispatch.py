@@ -27,10 +27,14 @@ project's 2-core CPU machine, torch 2.14.1 (BENCHMARKS.md, "ODConv operator and 
   else ``folded`` from 28x28 outputs up, ``grouped`` between.
 - CUDA/other devices: ``taps`` where the CPU uses it, ``columns`` where out_channels >= 4 * output pixels, else
   ``bmm`` (the GPU plan; not measured yet).
+- 3-D calls (any device; not measured): ``single`` for batch-1 inference, ``folded`` for depthwise layers (as in
+  2-D), else ``grouped``, the released formulation; only these three compute 3-D calls. 1-D layers run as 2-D
+  calls over a (1, L) map and follow the 2-D rules.
 """
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Callable, Iterator, NamedTuple, Optional
 
 import torch
@@ -85,13 +89,23 @@ COLUMNS_CHANNEL_RATIO = 4  # the shared GEMM wins once the per-sample kernel (O*
 
 def _kernel_is_smaller(shape: LayerShape, pixels_in: int) -> bool:
     """Whether one sample's kernel (O * C/g * kh * kw) has no more elements than its input and output maps."""
-    kh, kw = shape.kernel_size
-    kernel = shape.out_channels * (shape.in_channels // shape.groups) * kh * kw
-    return kernel <= (shape.in_channels + shape.out_channels // (shape.stride[0] * shape.stride[1])) * pixels_in
+    kernel = shape.out_channels * (shape.in_channels // shape.groups) * math.prod(shape.kernel_size)
+    return kernel <= (shape.in_channels + shape.out_channels // math.prod(shape.stride)) * pixels_in
+
+
+def _choose_3d(shape: LayerShape, training: bool) -> str:
+    """The rules for a 3-D call: the formulations that compute one, picked as their 2-D counterparts are."""
+    if shape.batch == 1 and not training and _kernel_is_smaller(shape, shape.depth * shape.height * shape.width):
+        return "single"
+    if shape.groups == shape.in_channels and shape.groups > 1:
+        return "folded"
+    return "grouped"
 
 
 def choose(shape: LayerShape, device_type: str = "cpu", training: bool = True) -> str:
     """The formulation the rules pick for one layer call (plain Python on shapes: no graph break)."""
+    if shape.depth is not None:
+        return _choose_3d(shape, training)
     kh, kw = shape.kernel_size
     (sh, sw) = shape.stride
     pixels_in = shape.height * shape.width
@@ -150,14 +164,15 @@ def choose(shape: LayerShape, device_type: str = "cpu", training: bool = True) -
 
 def describe(shape: LayerShape) -> str:
     """A layer call in words, for error messages: 'a 3x3 conv 16->32 (groups 4, K 4, spatial attention) on a batch
-    of 2 at 9x9'."""
-    kernel = "x".join(map(str, shape.kernel_size))
-    extras = [f"stride {'x'.join(map(str, shape.stride))}"] if any(s != 1 for s in shape.stride) else []
+    of 2 at 9x9'; a 3-D call's sizes have three factors)."""
+    def sizes(t) -> str:
+        return "x".join(str(n) for n in t)
+    extras = [f"stride {sizes(shape.stride)}"] if any(s != 1 for s in shape.stride) else []
     extras += [f"groups {shape.groups}"] if shape.groups != 1 else []
     extras += [f"K {shape.kernel_num}", "spatial attention" if shape.has_spatial else "no spatial attention"]
-    size = f"{shape.depth}x" if len(shape.kernel_size) == 3 else ""
-    return (f"a {kernel} conv {shape.in_channels}->{shape.out_channels} ({', '.join(extras)}) on a batch of "
-            f"{shape.batch} at {size}{shape.height}x{shape.width}")
+    maps = (shape.height, shape.width) if shape.depth is None else (shape.depth, shape.height, shape.width)
+    return (f"a {sizes(shape.kernel_size)} conv {shape.in_channels}->{shape.out_channels} ({', '.join(extras)}) on "
+            f"a batch of {shape.batch} at {sizes(maps)}")
 
 
 def _current_forced() -> Optional[str]:
@@ -230,7 +245,7 @@ def per_sample_shape(x, kernels, stride, groups: int, cells: int) -> LayerShape:
     spatial, kernel_size, stride = tuple(x.shape[2:]), tuple(kernels.shape[3:]), tuple(stride)
     if len(spatial) == 1:  # 1-D: one row
         spatial, kernel_size, stride = (1, *spatial), (1, *kernel_size), (1, *stride)
-    depth = spatial[0] if len(spatial) == 3 else 1
+    depth = spatial[0] if len(spatial) == 3 else None
     return LayerShape(x.shape[0], x.shape[1], kernels.shape[1], spatial[-2], spatial[-1], kernel_size, stride,
                       groups, cells, False, False, False, depth)
 

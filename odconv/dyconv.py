@@ -1,4 +1,5 @@
-"""`DyConv2d`: dynamic convolution (attention over K kernels) on ODConv's kernel-mixing code path.
+"""`DyConv2d` (and `DyConv1d`, `DyConv3d`): dynamic convolution (attention over K kernels) on ODConv's
+kernel-mixing code path.
 
 Chen, Dai, Liu, Chen, Yuan, Liu. "Dynamic Convolution: Attention over Convolution Kernels." CVPR 2020.
 https://arxiv.org/abs/1912.03458
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import Attentions, global_avg_pool
-from .conv import DynamicConv2d, IntOrPair
+from .conv import DynamicConv1d, DynamicConv2d, DynamicConv3d, DynamicConvNd, IntOrPair
 
 
 class DyConvAttention(nn.Module):
@@ -57,7 +58,7 @@ class DyConvAttention(nn.Module):
         return f"hidden={self.fc1.out_features}"
 
 
-class DyConv2d(DynamicConv2d):
+class DyConvNd(DynamicConvNd):
     """DyConv (Chen et al., CVPR 2020): ``y[b] = conv(x[b], sum_i pi_i(x[b]) W_i)`` with
     ``pi(x) = softmax(FC(ReLU(FC(GAP(x)))) / T)``, K = `kernel_num` kernels (4 in the paper), reduction 4.
 
@@ -104,3 +105,17 @@ class DyConv2d(DynamicConv2d):
         if self.reduction != 4:
             s += f", reduction={self.reduction}"
         return s
+
+
+class DyConv1d(DyConvNd, DynamicConv1d):
+    """DyConv over sequences, a drop-in replacement for `nn.Conv1d`: DyConv2d's arguments and parameter names,
+    ``weight`` (K, O, I/g, k)."""
+
+
+class DyConv2d(DyConvNd, DynamicConv2d):
+    """DyConv for images, a drop-in replacement for `nn.Conv2d`. See `DyConvNd` for the arguments."""
+
+
+class DyConv3d(DyConvNd, DynamicConv3d):
+    """DyConv over volumes, a drop-in replacement for `nn.Conv3d`: DyConv2d's arguments and parameter names,
+    ``weight`` (K, O, I/g, kd, kh, kw)."""

@@ -50,9 +50,9 @@ def format_explain(rows: list[ExplainRow]) -> str:
              f"{'K':>2s}  {'formulation':11s} {'reason':8s} times (ms)"]
     for r in rows:
         s = r.shape
+        maps = f"{s.height:4d}x{s.width:<4d}" if s.depth is None else f"{s.depth}x{s.height}x{s.width}".rjust(9)
         times = "" if not r.times else " ".join(f"{n}={t:.3g}" for n, t in sorted(r.times.items(), key=lambda i: i[1]))
-        size = f"{s.height:4d}x{s.width:<4d}" if len(s.kernel_size) == 2 else f"{s.depth}x{s.height}x{s.width}".rjust(9)
-        lines.append(f"{r.layer:40s} {s.batch:4d} {s.in_channels:5d} {s.out_channels:5d} {size} "
-                     f"{s.kernel_size[0]:3d} {s.stride[0]:2d} {s.groups:5d} {s.kernel_num:2d}  {r.formulation:11s} "
+        lines.append(f"{r.layer:40s} {s.batch:4d} {s.in_channels:5d} {s.out_channels:5d} {maps} "
+                     f"{max(s.kernel_size):3d} {max(s.stride):2d} {s.groups:5d} {s.kernel_num:2d}  {r.formulation:11s} "
                      f"{r.reason:8s} {times}".rstrip())
     return "\n".join(lines)

@@ -5,14 +5,19 @@ import inspect
 
 from torch import nn
 
-from .condconv import CondConv2d
-from .conv import IntOrPair, ODConv2d
-from .dyconv import DyConv2d
-from .kernelwarehouse import KWConv2d
+from .condconv import CondConv1d, CondConv2d, CondConv3d
+from .conv import DynamicConvNd, IntOrPair, ODConv1d, ODConv2d, ODConv3d
+from .dyconv import DyConv1d, DyConv2d, DyConv3d
+from .kernelwarehouse import KWConv1d, KWConv2d, KWConv3d
 
 # "kw" builds a KernelWarehouse conv without cells: a WarehouseManager must register it (odconv/warehouse.py).
 DYNAMIC_CONVS: dict[str, type[nn.Module]] = {"od": ODConv2d, "condconv": CondConv2d, "dyconv": DyConv2d,
                                              "kw": KWConv2d}
+# The kinds in one and three spatial dimensions (`create_dynamic_conv(..., dims=1 or 3)`); the zoo is 2-D.
+DYNAMIC_CONVS_1D: dict[str, type[nn.Module]] = {"od": ODConv1d, "condconv": CondConv1d, "dyconv": DyConv1d,
+                                                "kw": KWConv1d}
+DYNAMIC_CONVS_3D: dict[str, type[nn.Module]] = {"od": ODConv3d, "condconv": CondConv3d, "dyconv": DyConv3d,
+                                                "kw": KWConv3d}
 
 
 def create_dynamic_conv(
@@ -23,14 +28,18 @@ def create_dynamic_conv(
     stride: IntOrPair = 1,
     padding=0,
     groups: int = 1,
+    dims: int = 2,
     **kwargs,
 ) -> nn.Module:
-    """Build the dynamic conv `kind` ("od", "condconv", "dyconv" or "kw"); `kwargs` are that layer's own arguments
-    (e.g. kernel_num and reduction for "od", num_experts for "condconv"). A "kw" layer has none: its cells and
-    attention come from the WarehouseManager that registers it."""
-    if kind not in DYNAMIC_CONVS:
-        raise ValueError(f"Unknown dynamic conv kind {kind!r}, should be one of {list(DYNAMIC_CONVS)}")
-    cls = DYNAMIC_CONVS[kind]
+    """Build the dynamic conv `kind` ("od", "condconv", "dyconv" or "kw") over `dims` spatial dimensions (1, 2 or
+    3); `kwargs` are that layer's own arguments (e.g. kernel_num and reduction for "od", num_experts for
+    "condconv"). A "kw" layer has none: its cells and attention come from the WarehouseManager that registers it."""
+    kinds = {1: DYNAMIC_CONVS_1D, 2: DYNAMIC_CONVS, 3: DYNAMIC_CONVS_3D}.get(dims)
+    if kinds is None:
+        raise ValueError(f"dims must be 1, 2 or 3, got {dims!r}")
+    if kind not in kinds:
+        raise ValueError(f"Unknown dynamic conv kind {kind!r} in {dims}-D, should be one of {list(kinds)}")
+    cls = kinds[kind]
     accepted = [p for p in inspect.signature(cls).parameters if p not in ("in_channels", "out_channels", "kernel_size")]
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:

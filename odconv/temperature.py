@@ -5,15 +5,15 @@ from torch import nn
 
 
 def set_temperature(model: nn.Module, temperature: float) -> int:
-    """Set the temperature of every dynamic conv in `model` that has one (ODConv2d, DyConv2d; CondConv2d has
-    none), or KernelWarehouse's tau (the weight of the initial assignment), which the same schedule drives from
-    1 to 0; returns how many layers were updated."""
-    from .conv import DynamicConv2d
+    """Set the temperature of every dynamic conv in `model` that has one (ODConv, DyConv of any dimension;
+    CondConv has none), or KernelWarehouse's tau (the weight of the initial assignment), which the same schedule
+    drives from 1 to 0; returns how many layers were updated."""
+    from .conv import DynamicConvNd
     from .kernelwarehouse import KWConvNd
 
     n = 0
     for m in model.modules():
-        if isinstance(m, (DynamicConv2d, KWConvNd)) and hasattr(m, "update_temperature"):
+        if isinstance(m, (DynamicConvNd, KWConvNd)) and hasattr(m, "update_temperature"):
             m.update_temperature(temperature)
             n += 1
     return n

@@ -77,9 +77,11 @@ def call_key(shape: LayerShape, x: Tensor, padding, dilation, backward: bool) ->
     layout = "nhwc" if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() else "nchw"
     atts = "".join(n for n, on in zip("csfk", (shape.has_channel, shape.has_spatial, shape.has_filter,
                                                 shape.kernel_num > 1)) if on)
-    kh, kw = shape.kernel_size
-    return (f"b{shape.batch} c{shape.in_channels} o{shape.out_channels} {shape.height}x{shape.width} k{kh}x{kw} "
-            f"s{shape.stride[0]}x{shape.stride[1]} p{padding[0]}x{padding[1]} d{dilation[0]}x{dilation[1]} "
+    def sizes(t) -> str:  # "3x3", or "3x3x3" for a 3-D call
+        return "x".join(str(n) for n in t)
+    maps = (shape.height, shape.width) if shape.depth is None else (shape.depth, shape.height, shape.width)
+    return (f"b{shape.batch} c{shape.in_channels} o{shape.out_channels} {sizes(maps)} k{sizes(shape.kernel_size)} "
+            f"s{sizes(shape.stride)} p{sizes(padding)} d{sizes(dilation)} "
             f"g{shape.groups} K{shape.kernel_num} att={atts} {str(dtype).removeprefix('torch.')} {layout} "
             f"{'train' if backward else 'eval'}")
 

@@ -2,17 +2,31 @@
 to compare against.
 
 Everything is computed from the layer's parameters with explicit tensor algebra (no attention modules, no odconv
-functional code) and one `F.conv2d` per sample, so it shares no code path with the operator under test.
+functional code) and one `F.conv1d`, `F.conv2d` or `F.conv3d` per sample (by the input's dimensions), so it shares
+no code path with the operator under test, whose 1-D layers run as 2-D convs.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from odconv import ODConv2d
+from odconv import ODConvNd
+
+CONVS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def spatial_dims(x: Tensor) -> tuple[int, ...]:
+    """The spatial dimensions of a (B, C, *spatial) tensor, the axes a global average pool reduces."""
+    return tuple(range(2, x.dim()))
+
+
+def per_channel(t: Tensor, dims: int) -> Tensor:
+    """A (C,) vector as (1, C, 1, ..., 1), broadcasting over a batch and `dims` spatial dimensions."""
+    return t.view(1, -1, *([1] * dims))
 
 
 def float64_params(layer: nn.Module) -> dict[str, Tensor]:
@@ -28,21 +42,23 @@ def per_sample_conv(
 ) -> Tensor:
     """y[b] = filt[b] * conv(x[b] * channel[b], sum_i mix[b,i] * spatial[b] * W_i) (+ bias), one conv per sample;
     a missing attention is 1."""
+    dims = x.dim() - 2
+    conv = CONVS[dims]
     outs = []
     for i in range(x.shape[0]):
         s = 1.0 if spatial is None else spatial[i]  # inside the sum, as the paper writes it (and its rounding)
         w = sum(mix[i, j] * s * p["weight"][j] for j in range(p["weight"].shape[0]))
-        xi = x[i: i + 1] if channel is None else x[i: i + 1] * channel[i].view(1, -1, 1, 1)
-        y = F.conv2d(xi, w, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+        xi = x[i: i + 1] if channel is None else x[i: i + 1] * per_channel(channel[i], dims)
+        y = conv(xi, w, None, layer.stride, layer.padding, layer.dilation, layer.groups)
         if filt is not None:
-            y = y * filt[i].view(1, -1, 1, 1)
+            y = y * per_channel(filt[i], dims)
         if layer.bias is not None:
-            y = y + p["bias"].view(1, -1, 1, 1)
+            y = y + per_channel(p["bias"], dims)
         outs.append(y)
     return torch.cat(outs)
 
 
-def reference_odconv(x: Tensor, layer: ODConv2d, p: dict[str, Tensor], training: bool) -> Tensor:
+def reference_odconv(x: Tensor, layer: ODConvNd, p: dict[str, Tensor], training: bool) -> Tensor:
     """y[b] = a_f[b] * conv(x[b] * a_c[b], sum_i a_k[b,i] * a_s[b] * W_i), attention BN in train or eval mode.
 
     Follows the layer's ablation switches: heads it lacks are 1, the spatial attention a sigmoid per tap or a
@@ -52,10 +68,9 @@ def reference_odconv(x: Tensor, layer: ODConv2d, p: dict[str, Tensor], training:
     att = layer.attention
     t = float(att.temperature)
     b = x.shape[0]
-    kh, kw = layer.kernel_size
     if att.fc is None:  # no attention at all: the static conv
         return per_sample_conv(x, layer, p, torch.ones(b, 1, dtype=x.dtype))
-    pooled = x.mean(dim=(2, 3))  # (B, C_in)
+    pooled = x.mean(dim=spatial_dims(x))  # (B, C_in)
     h = pooled @ p[a + "fc.weight"].flatten(1).T
     if att.fc.bias is not None:
         h = h + p[a + "fc.bias"]
@@ -78,20 +93,20 @@ def reference_odconv(x: Tensor, layer: ODConv2d, p: dict[str, Tensor], training:
     sp = None
     if att.spatial_fc is not None:
         act = torch.sigmoid if att.spatial_act == "sigmoid" else lambda z: torch.softmax(z, dim=1)
-        sp = act(head("spatial_fc")).view(b, kh, kw)
+        sp = act(head("spatial_fc")).view(b, *layer.kernel_size)
     ke = torch.softmax(head("kernel_fc"), dim=1) if att.kernel_fc is not None else torch.ones(b, 1)
     return per_sample_conv(x, layer, p, ke.to(x.dtype), ch, fi, sp)
 
 
 def reference_condconv(x: Tensor, layer: nn.Module, p: dict[str, Tensor]) -> Tensor:
     """CondConv (Yang et al. 2019, Eq. 2): y[b] = conv(x[b], sum_i sigmoid(GAP(x[b]) R + c)_i W_i)."""
-    routing = torch.sigmoid(x.mean(dim=(2, 3)) @ p["attention.fc.weight"].T + p["attention.fc.bias"])
+    routing = torch.sigmoid(x.mean(dim=spatial_dims(x)) @ p["attention.fc.weight"].T + p["attention.fc.bias"])
     return per_sample_conv(x, layer, p, routing)
 
 
 def reference_dyconv(x: Tensor, layer: nn.Module, p: dict[str, Tensor]) -> Tensor:
     """DyConv (Chen et al. 2020): y[b] = conv(x[b], sum_i pi_i W_i), pi = softmax(W2 relu(W1 GAP(x[b])) / T)."""
-    h = torch.relu(x.mean(dim=(2, 3)) @ p["attention.fc1.weight"].T)
+    h = torch.relu(x.mean(dim=spatial_dims(x)) @ p["attention.fc1.weight"].T)
     z = h @ p["attention.fc2.weight"].T + p["attention.fc2.bias"]
     return per_sample_conv(x, layer, p, torch.softmax(z / float(layer.attention.temperature), dim=1))
 
@@ -132,13 +147,13 @@ FLOAT32_SAFETY = 10.0
 
 def longest_sum(layer: nn.Module, x: Tensor) -> int:
     """The length of the longest float32 reduction in the layer's forward and backward at input `x`: a conv output
-    (C/g*kh*kw terms), a weight gradient (B*Ho*Wo) or an attention gradient (O*C/g*kh*kw)."""
-    kh, kw = layer.kernel_size
-    sh, sw = layer.stride
-    b, c, h, w = x.shape
-    ho, wo = (h - 1) // sh + 1, (w - 1) // sw + 1
+    (C/g*kh*kw terms), a weight gradient (B*Ho*Wo) or an attention gradient (O*C/g*kh*kw); in any number of
+    spatial dimensions."""
+    taps = math.prod(layer.kernel_size)
+    b, c = x.shape[:2]
+    pixels_out = math.prod((n - 1) // s + 1 for n, s in zip(x.shape[2:], layer.stride))
     per_tap = c // layer.groups
-    return max(b * ho * wo, per_tap * kh * kw, layer.out_channels * per_tap * kh * kw)
+    return max(b * pixels_out, per_tap * taps, layer.out_channels * per_tap * taps)
 
 
 def float32_error_bound(layer: nn.Module, x: Tensor, grad_out: Tensor, reference, draws: int = 2,

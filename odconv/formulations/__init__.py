@@ -11,6 +11,9 @@ A missing attention (None) is 1. Each module's docstring says how it computes th
   feature maps, the unfolded input or the shifted tap outputs.
 - ``single``: batch 1 only; every attention folded into the one sample's kernel, then a static conv.
 
+1-D layers run as 2-D calls over a (1, L) map. 3-D calls (``LayerShape.depth`` set) are computed by ``grouped``,
+``folded`` and ``single``, written over any number of spatial dimensions; the others' ``can_compute`` rejects them.
+
 Adding a formulation: one module defining ``FORMULATION`` (every function takes ``(x, weight, channel, filt,
 spatial, kernel, stride, padding, dilation, groups)`` and returns the output without bias), and one line below.
 """

@@ -10,31 +10,39 @@ from torch import Tensor
 
 
 class LayerShape(NamedTuple):
-    """One call of the functional core as the dispatch sees it: shapes and which attentions are present."""
+    """One call of the functional core as the dispatch sees it: shapes and which attentions are present.
+
+    A 3-D call has its input's `depth` set (and 3-tuples for kernel_size and stride); it is None for 2-D calls,
+    1-D layers included (they run as 2-D calls over a (1, L) map).
+    """
 
     batch: int
     in_channels: int
     out_channels: int
     height: int
     width: int
-    kernel_size: tuple[int, int]
-    stride: tuple[int, int]
+    kernel_size: tuple[int, ...]
+    stride: tuple[int, ...]
     groups: int
     kernel_num: int
     has_spatial: bool
     has_channel: bool = True
     has_filter: bool = True
-    # Layers that bring their own per-sample kernel (KernelWarehouse) also run 1-D (height 1) and 3-D calls: then
-    # `depth` is the input's depth and kernel_size and stride have three entries.
-    depth: int = 1
+    depth: Optional[int] = None
+
+    @property
+    def dims(self) -> int:
+        """Spatial dimensions of the call: 2, or 3 for a 3-D call."""
+        return 2 if self.depth is None else 3
 
     @classmethod
     def of_call(cls, x: Tensor, weight: Tensor, channel, filt, spatial, kernel, stride, groups: int) -> "LayerShape":
         """The shape of `odconv2d(x, weight, channel, filt, spatial, kernel, stride, ..., groups)` (plain Python
         on sizes, so it traces under torch.compile and torch.export without a graph break)."""
-        k, o, _, kh, kw = weight.shape
-        return cls(x.shape[0], x.shape[1], o, x.shape[-2], x.shape[-1], (kh, kw), tuple(stride), groups, k,
-                   spatial is not None, channel is not None, filt is not None)
+        k, o = weight.shape[:2]
+        return cls(x.shape[0], x.shape[1], o, x.shape[-2], x.shape[-1], tuple(weight.shape[3:]), tuple(stride),
+                   groups, k, spatial is not None, channel is not None, filt is not None,
+                   x.shape[-3] if x.dim() == 5 else None)
 
 
 # fn(x, weight, channel, filt, spatial, kernel, stride, padding, dilation, groups) -> output without bias.
@@ -54,7 +62,19 @@ def any_layer(shape: LayerShape) -> bool:
 
 
 def ungrouped(shape: LayerShape) -> bool:
-    return shape.groups == 1
+    """groups == 1, two spatial dimensions (the GEMM-based formulations are written for 2-D maps)."""
+    return shape.groups == 1 and shape.depth is None
+
+
+def trailing(t: Tensor, dims: int) -> Tensor:
+    """A (B, C) attention as (B, C, 1, ..., 1), broadcasting over `dims` spatial dimensions."""
+    return t.view(*t.shape, *([1] * dims))
+
+
+def conv_nd(x: Tensor, weight: Tensor, bias, stride, padding, dilation, groups: int) -> Tensor:
+    """`F.conv2d` or `F.conv3d`, by the input's dimensions."""
+    conv = F.conv3d if x.dim() == 5 else F.conv2d
+    return conv(x, weight, bias, stride, padding, dilation, groups)
 
 
 def apply_autocast(fn, x: Tensor, weight: Tensor, atts, conf) -> Tensor:

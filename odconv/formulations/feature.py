@@ -97,7 +97,7 @@ def odconv2d_feature(x, weight, channel, filt, spatial, kernel, stride, padding,
 
 
 def _no_spatial(shape) -> bool:
-    return not shape.has_spatial
+    return not shape.has_spatial and shape.depth is None  # 2-D maps only (its reductions are over H, W)
 
 
 FORMULATION = Formulation("feature", odconv2d_feature, _no_spatial)

@@ -6,17 +6,16 @@ through an engine (here the grouped conv; ``bmm`` is the same function with a ba
 keep that kernel and every intermediate of its construction for the backward pass (several times B*O*I*kh*kw
 floats, 150 MB for one 512-channel 3x3 layer at batch 16); here the backward pass rebuilds it, which costs a few
 elementwise passes. No elementwise pass over the feature maps at all: best where the kernel is small next to the
-maps (depthwise layers, batch 1). Computes every layer.
+maps (depthwise layers, batch 1). Computes every layer, 3-D ones included.
 """
 from __future__ import annotations
 
 from typing import Callable, NamedTuple, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .common import Formulation, any_layer, apply_autocast
+from .common import Formulation, any_layer, apply_autocast, conv_nd
 
 
 class Engine(NamedTuple):
@@ -82,22 +81,22 @@ def folded_kernel(weight, channel, filt, spatial, kernel, groups: int, batch: in
 
 
 def _grouped_forward(x, w, stride, padding, dilation, groups):
-    b, c, h, wd = x.shape
+    b, c = x.shape[:2]
     o = w.shape[1]
-    out = F.conv2d(x.reshape(1, b * c, h, wd), w.reshape(b * o, *w.shape[2:]), None, stride, padding,
-                   dilation, b * groups)
-    return out.view(b, o, out.shape[-2], out.shape[-1])
+    out = conv_nd(x.reshape(1, b * c, *x.shape[2:]), w.reshape(b * o, *w.shape[2:]), None, stride, padding,
+                  dilation, b * groups)
+    return out.view(b, o, *out.shape[2:])
 
 
 def _grouped_backward(x, w, grad_out, stride, padding, dilation, groups, need_x: bool):
-    b, c, h, wd = x.shape
+    b, c = x.shape[:2]
     o = w.shape[1]
     gx, gw, _ = torch.ops.aten.convolution_backward(
-        grad_out.reshape(1, b * o, *grad_out.shape[-2:]), x.reshape(1, b * c, h, wd),
-        w.reshape(b * o, *w.shape[2:]), None, list(stride), list(padding), list(dilation), False, [0, 0],
-        b * groups, [need_x, True, False],
+        grad_out.reshape(1, b * o, *grad_out.shape[2:]), x.reshape(1, b * c, *x.shape[2:]),
+        w.reshape(b * o, *w.shape[2:]), None, list(stride), list(padding), list(dilation), False,
+        [0] * (x.dim() - 2), b * groups, [need_x, True, False],
     )
-    return (gx.view(b, c, h, wd) if need_x else None), gw.view(w.shape)
+    return (gx.view(x.shape) if need_x else None), gw.view(w.shape)
 
 
 GROUPED_ENGINE = Engine(_grouped_forward, _grouped_backward)

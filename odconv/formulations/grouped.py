@@ -1,25 +1,24 @@
 """``grouped``: the released formulation. a_c on the input, a_s and a_k folded into a per-sample kernel, one
 convolution with ``groups = B * groups`` over the batch seen as one image, a_f on the output. Autograd keeps the
-per-sample kernel and the scaled input alive for the backward pass. Computes every layer.
+per-sample kernel and the scaled input alive for the backward pass. Computes every layer, 3-D ones included.
 """
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .common import Formulation, any_layer
+from .common import Formulation, any_layer, conv_nd, trailing
 
 
 def aggregate_kernels(weight: Tensor, spatial: Optional[Tensor], kernel: Optional[Tensor]) -> Tensor:
-    """Per-sample kernel sum_i kernel[b, i] * spatial[b] * W_i: (B, O, I/g, kh, kw), as released."""
+    """Per-sample kernel sum_i kernel[b, i] * spatial[b] * W_i: (B, O, I/g, *kernel_size), as released."""
     if kernel is None:
-        w = weight[0].unsqueeze(0)  # (1, O, I/g, kh, kw)
+        w = weight[0].unsqueeze(0)  # (1, O, I/g, *kernel_size)
         return w if spatial is None else w * spatial[:, None, None]
     if spatial is None:
-        return torch.einsum("bk,koihw->boihw", kernel, weight)
+        return torch.einsum("bk,koi...->boi...", kernel, weight)
     return _MixedSpatialKernels.apply(kernel, spatial, weight)
 
 
@@ -72,18 +71,19 @@ def conv_per_sample(x: Tensor, kernels: Tensor, stride, padding, dilation, group
 
 def odconv2d_grouped(x, weight, channel, filt, spatial, kernel, stride, padding, dilation, groups) -> Tensor:
     """The released formulation: one per-sample kernel per sample, run as one grouped conv over the batch."""
-    b, c, h, w_ = x.shape
+    b, c = x.shape[:2]
+    dims = x.dim() - 2
     if channel is not None:
-        x = x * channel[:, :, None, None]
+        x = x * trailing(channel, dims)
     if spatial is None and kernel is None:
         # 1x1, single kernel: the released code runs the static conv here (`_forward_impl_pw1x`).
-        out = F.conv2d(x, weight[0], None, stride, padding, dilation, groups)
+        out = conv_nd(x, weight[0], None, stride, padding, dilation, groups)
     else:
-        agg = aggregate_kernels(weight, spatial, kernel).reshape(-1, *weight.shape[2:])  # (B*O, I/g, kh, kw)
-        out = F.conv2d(x.reshape(1, b * c, h, w_), agg, None, stride, padding, dilation, groups * b)
-        out = out.view(b, -1, out.shape[-2], out.shape[-1])
+        agg = aggregate_kernels(weight, spatial, kernel).reshape(-1, *weight.shape[2:])  # (B*O, I/g, *kernel)
+        out = conv_nd(x.reshape(1, b * c, *x.shape[2:]), agg, None, stride, padding, dilation, groups * b)
+        out = out.view(b, -1, *out.shape[2:])
     if filt is not None:
-        out = out * filt[:, :, None, None]
+        out = out * trailing(filt, dims)
     return out
 
 
