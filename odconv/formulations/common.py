@@ -72,8 +72,8 @@ def trailing(t: Tensor, dims: int) -> Tensor:
 
 
 def conv_nd(x: Tensor, weight: Tensor, bias, stride, padding, dilation, groups: int) -> Tensor:
-    """`F.conv2d` or `F.conv3d`, by the input's dimensions."""
-    conv = F.conv3d if x.dim() == 5 else F.conv2d
+    """`F.conv1d`, `F.conv2d` or `F.conv3d`, by the input's dimensions."""
+    conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[x.dim()]
     return conv(x, weight, bias, stride, padding, dilation, groups)
 
 

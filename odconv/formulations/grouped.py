@@ -55,16 +55,12 @@ class _MixedSpatialKernels(torch.autograd.Function):
         return g_kernel, g_spatial, g_weight
 
 
-_CONVS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-
-
 def conv_per_sample(x: Tensor, kernels: Tensor, stride, padding, dilation, groups: int) -> Tensor:
     """y[b] = conv(x[b], kernels[b]) for 1-, 2- or 3-D inputs: the batch seen as one sample of B * C channels and
     one conv with ``groups = B * groups``. `kernels` is (B, O, I/g, k...); used by layers that build their own
     per-sample kernel (KernelWarehouse)."""
     b, o = kernels.shape[:2]
-    conv = _CONVS[x.dim() - 2]
-    out = conv(x.reshape(1, -1, *x.shape[2:]), kernels.reshape(b * o, *kernels.shape[2:]), None, stride, padding,
+    out = conv_nd(x.reshape(1, -1, *x.shape[2:]), kernels.reshape(b * o, *kernels.shape[2:]), None, stride, padding,
                dilation, groups * b)
     return out.view(b, o, *out.shape[2:])
 
