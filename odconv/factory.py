@@ -6,10 +6,15 @@ import inspect
 from torch import nn
 
 from .condconv import CondConv2d
-from .conv import DynamicConv2d, IntOrPair, ODConv2d
+from .conv import IntOrPair, ODConv2d
+from .dcd import DCDConv2d
 from .dyconv import DyConv2d
 
-DYNAMIC_CONVS: dict[str, type[DynamicConv2d]] = {"od": ODConv2d, "condconv": CondConv2d, "dyconv": DyConv2d}
+# "dcd" is the low-rank member: a static conv plus a dynamic 1x1 residual (odconv/dcd.py), not a kernel mixture,
+# so it is no DynamicConv2d; the zoo builds it through the same factory.
+DYNAMIC_CONVS: dict[str, type[nn.Module]] = {
+    "od": ODConv2d, "condconv": CondConv2d, "dyconv": DyConv2d, "dcd": DCDConv2d,
+}
 
 
 def create_dynamic_conv(
@@ -22,8 +27,8 @@ def create_dynamic_conv(
     groups: int = 1,
     **kwargs,
 ) -> nn.Module:
-    """Build the dynamic conv `kind` ("od", "condconv" or "dyconv"); `kwargs` are that layer's own arguments
-    (e.g. kernel_num and reduction for "od", num_experts for "condconv")."""
+    """Build the dynamic conv `kind` ("od", "condconv", "dyconv" or "dcd"); `kwargs` are that layer's own arguments
+    (e.g. kernel_num and reduction for "od", num_experts for "condconv", pool_size and fc_squeeze for "dcd")."""
     if kind not in DYNAMIC_CONVS:
         raise ValueError(f"Unknown dynamic conv kind {kind!r}, should be one of {list(DYNAMIC_CONVS)}")
     cls = DYNAMIC_CONVS[kind]

@@ -141,7 +141,9 @@ def longest_sum(layer: nn.Module, x: Tensor) -> int:
     return max(b * ho * wo, per_tap * kh * kw, layer.out_channels * per_tap * kh * kw)
 
 
-def float32_error_bound(layer: nn.Module, x: Tensor, grad_out: Tensor, reference, draws: int = 2) -> dict[str, float]:
+def float32_error_bound(
+    layer: nn.Module, x: Tensor, grad_out: Tensor, reference, draws: int = 2, longest: Optional[int] = None,
+) -> dict[str, float]:
     """A machine-independent bound on the float32 relative error of the output, the input gradient and every
     parameter gradient of `layer` at `x` (keys as in the tests: "output", "input grad", "grad of <name>").
 
@@ -153,7 +155,8 @@ def float32_error_bound(layer: nn.Module, x: Tensor, grad_out: Tensor, reference
     in float32 adds at most about sqrt(n) times that with high probability (Higham and Mary, "A new approach to
     probabilistic rounding error analysis", SIAM J. Sci. Comput. 2019), so the bound is
     FLOAT32_SAFETY * sqrt(longest_sum) * (the perturbation's effect). Only float64 arithmetic enters it, so it is
-    the same on every CPU, whichever float32 kernels the formulation under test meets there.
+    the same on every CPU, whichever float32 kernels the formulation under test meets there. `longest` replaces
+    `longest_sum(layer, x)` for layers that are not kernel mixtures (DCD), whose longest reduction the caller knows.
     """
     base = float64_params(layer)
 
@@ -175,5 +178,5 @@ def float32_error_bound(layer: nn.Module, x: Tensor, grad_out: Tensor, reference
     for d in range(draws):
         perturbed = run(FLOAT32_UNIT_ROUNDOFF, 1 + d)
         effect = {k: max(v, rel_err(perturbed[k], exact[k])) for k, v in effect.items()}
-    scale = FLOAT32_SAFETY * longest_sum(layer, x) ** 0.5
+    scale = FLOAT32_SAFETY * (longest_sum(layer, x) if longest is None else longest) ** 0.5
     return {k: max(scale * v, 8 * FLOAT32_UNIT_ROUNDOFF) for k, v in effect.items()}
