@@ -3,8 +3,8 @@
     python scripts/complexity.py [--arch resnet18 mobilenetv2_100 ...] [--out table.md]
 
 Prints two tables: the paper's ODConv rows (ours beside the published figures; rows more than 1% away carry a
-note saying why), then every dynamic-conv family per architecture (static, ODConv 1x/4x, CondConv 8x, DyConv 4x)
-with the published parameter count where the paper gives one. MAC convention: see models/complexity.py (convs
+note saying why), then every dynamic-conv family per architecture (static, ODConv 1x/4x, CondConv 8x, DyConv 4x, and
+DCD where it was released) with the published parameter count where a source gives one. MAC convention: see models/complexity.py (convs
 and FC layers as the usual counters, plus every multiply-add of the dynamic convs' attentions and aggregation).
 Models are built on the meta device: counting needs shapes only, so even CondConv ResNet101 costs no memory.
 """
@@ -21,7 +21,7 @@ import torch  # noqa: E402
 
 import models  # noqa: E402
 from models.complexity import count_macs, count_params  # noqa: E402
-from models.published import COMPARISON_ROWS, PAPER_ROWS  # noqa: E402
+from models.published import COMPARISON_ROWS, OVERHEAD_ROWS, PAPER_ROWS  # noqa: E402
 
 # (family label, model prefix, layer kwargs): the rows of the family table, per architecture.
 FAMILIES = (
@@ -30,6 +30,7 @@ FAMILIES = (
     ("ODConv (4x)", "od_", {"kernel_num": 4}),
     ("CondConv (8x)", "condconv_", {"num_experts": 8}),
     ("DyConv (4x)", "dyconv_", {"kernel_num": 4}),
+    ("DCD", "dcd_", {}),  # the released DCD networks (ResNets and MobileNetV2 1.0x only)
 )
 
 
@@ -87,17 +88,20 @@ def family_rows(archs: list[str]) -> list[dict]:
         static_macs = None
         for label, prefix, layer_kwargs in FAMILIES:
             name = prefix + arch
+            if prefix == "dcd_" and name not in models.DCD_MODEL_NAMES:
+                continue
             model = timm.create_model(name, device="meta", **layer_kwargs)
             macs = count_macs(model)["total"]
             static_macs = static_macs or macs
             kernels = next(iter(layer_kwargs.values()), 0)
             paper = PAPER_ROWS.get((arch, kernels if prefix == "od_" else 0)) if prefix in ("od_", "static_") else None
             comparison = COMPARISON_ROWS.get((name, kernels))
+            overhead = OVERHEAD_ROWS.get(name)
             rows.append(dict(
                 arch=arch, family=label, name=name, params=count_params(model), macs=macs,
                 macs_over_static=macs / static_macs - 1,
                 paper_params=paper.params if paper else comparison.params if comparison else None,
-                note=comparison.note if comparison else "",
+                note=comparison.note if comparison else overhead.note if overhead else "",
             ))
     return rows
 
