@@ -119,7 +119,7 @@ class DCDMobileNetV2(nn.Module):
         chans = [make_divisible(c * width_mult) for c in (24, 32, 96)]
         self.feature_info = [dict(num_chs=c, reduction=r, module=f"features.{i}")
                              for c, r, i in zip(chans, (4, 8, 16), self.stage_ends)]
-        self.feature_info.append(dict(num_chs=self.num_features, reduction=32, module="conv"))
+        self.feature_info.append(dict(num_chs=self.num_features, reduction=32, module="conv.2"))
         self.global_pool, _ = create_classifier(self.num_features, 0, pool_type=global_pool)
         self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
         self.classifier = nn.Sequential(nn.Dropout(dropout), _dcd_head(self.num_features, num_classes, **dd))
