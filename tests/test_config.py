@@ -88,6 +88,7 @@ def test_dcd_experiment_composes_with_the_released_dcd_recipe(name):
     assert (c.data.format, c.data.img_size, data_defaults(c)["crop_pct"], c.data.hflip) == ("folder", 224, 0.875, 0.5)
     assert (c.optim.name, c.optim.momentum, c.optim.nesterov, c.optim.wd_exclude_norm_bias) == ("sgd", 0.9, False, False)
     assert (c.data.label_smoothing, c.data.mixup, c.data.cutmix, c.sched.warmup_epochs) == (0.1, 0.2, 0.0, 0)
+    assert c.data.mixup_ramp_epochs == 100  # main.py: alpha x epoch / 100 over the first 100 epochs
     assert c.model.dropout is None
     if "resnet" in name:
         assert (c.trainer.epochs, c.data.global_batch_size, lr_for(c), c.optim.weight_decay) == (120, 256, 0.1, 1e-4)

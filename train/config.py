@@ -59,6 +59,7 @@ class DataConfig:
     auto_augment: Optional[str] = None  # e.g. rand-m9-mstd0.5-inc1 (RandAugment)
     reprob: float = 0.0  # random erasing probability
     mixup: float = 0.0  # mixup alpha
+    mixup_ramp_epochs: float = 0.0  # alpha grows linearly from 0 over this many epochs (released DCD: 100); 0 = none
     cutmix: float = 0.0  # cutmix alpha
     label_smoothing: float = 0.0
     global_batch_size: int = 256  # images per optimizer step over all processes (accumulation included)
@@ -197,7 +198,7 @@ def validate(cfg: DictConfig | TrainConfig, world_size: int = 1) -> TrainConfig:
     for key in ("hflip", "reprob"):
         if not 0.0 <= getattr(d, key) <= 1.0:
             raise ConfigError(f"data.{key} must be in [0, 1], got {getattr(d, key)}")
-    for key in ("mixup", "cutmix", "label_smoothing"):
+    for key in ("mixup", "mixup_ramp_epochs", "cutmix", "label_smoothing"):
         _positive(f"data.{key}", getattr(d, key), allow_zero=True)
     _positive("data.global_batch_size", d.global_batch_size)
     _positive("data.eval_batch_size", d.eval_batch_size)
