@@ -133,7 +133,8 @@ class DCDConv2d(_Decomposition):
             )
         dd = {"device": device, "dtype": dtype}
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride, self.padding, self.dilation, self.groups = kernel_size, stride, padding, dilation, 1
+        self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
+        self.groups = 1
         self.pool_size, self.fc_squeeze = pool_size, fc_squeeze
         features = in_channels * pool_size**2
         dim = math.isqrt(features)

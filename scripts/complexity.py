@@ -4,8 +4,9 @@
 
 Prints two tables: the paper's ODConv rows (ours beside the published figures; rows more than 1% away carry a
 note saying why), then every dynamic-conv family per architecture (static, ODConv 1x/4x, CondConv 8x, DyConv 4x, and
-DCD where it was released) with the published parameter count where a source gives one. MAC convention: see models/complexity.py (convs
-and FC layers as the usual counters, plus every multiply-add of the dynamic convs' attentions and aggregation).
+DCD where it was released) with the published parameter count where a source gives one. MAC convention: see
+models/complexity.py (convs and FC layers as the usual counters, plus every multiply-add of the dynamic convs'
+attentions and aggregation, and DCD's low-rank path).
 Models are built on the meta device: counting needs shapes only, so even CondConv ResNet101 costs no memory.
 """
 from __future__ import annotations

@@ -80,7 +80,8 @@ def test_released_mobilenetv2_checkpoint_file_loads_and_keeps_its_values(tmp_pat
 def test_a_layout_of_other_sizes_is_refused_naming_the_keys():
     """The released constructor's default fc_squeeze is 8, the released checkpoint's 16: the wrong one is caught."""
     model = timm.create_model("dcd_mobilenetv2_100", fc_squeeze=8, device="meta")
-    with pytest.raises(CheckpointMismatchError, match=r"shape mismatches .*features\.2\.conv\.0\.fc\.0\.weight \(4, 64\) vs model \(8, 64\)"):
+    mismatch = r"shape mismatches .*features\.2\.conv\.0\.fc\.0\.weight \(4, 64\) vs model \(8, 64\)"
+    with pytest.raises(CheckpointMismatchError, match=mismatch):
         load_state_dict_checked(model, _released_state("dcd_mobilenetv2_100"))
 
 

@@ -22,7 +22,7 @@ class ConfigError(ValueError):
 class ModelConfig:
     """What `timm.create_model` receives. Every key but `name` and the temperature schedule is an argument of the zoo's
     builders; unset (None) keys are not passed, so the builder's default holds (one source for each default)."""
-    name: str = MISSING  # timm name of a zoo model: od_, condconv_, dyconv_, static_ (or dcd_) + resnet18 ... mobilenetv2_100
+    name: str = MISSING  # a zoo model: od_, condconv_, dyconv_, static_, dcd_ + resnet18 ... mobilenetv2_100
     kernel_num: Optional[int] = None  # od_ / dyconv_: kernels per layer; 0 marks a static model (not passed)
     reduction: Optional[float] = None  # od_ / dyconv_: attention hidden width = in_channels * reduction
     min_channel: Optional[int] = None  # od_: lower bound of that hidden width (released: 16)
