@@ -12,6 +12,11 @@ on the pooled vector, the per-sample kernel aggregation (K multiply-adds per ker
 for ODConv's spatial attention; n per kernel weight for KernelWarehouse, whose kernel mixes n warehouse cells), and
 ODConv's channel and filter attentions applied to the input and output maps.
 BatchNorm, activations, softmax and pooling elsewhere are not counted (nor by the usual counters).
+
+DCD layers (odconv/dcd.py) are counted whole, the same way: their static conv or classifier ('conv' / 'linear'),
+the pooled input and the trunk's linear layers ('attention'), the per-channel scale applied to the static output
+('products'), and the low-rank path on the feature maps, Q, Phi(x) and P ('low_rank': L(C_in + L + C_out) per
+output position).
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from odconv import DynamicConv2d, KWConvNd
+from odconv import DCD_LAYERS, DCDLinear, DynamicConv2d, KWConvNd
 
 
 def count_params(model: nn.Module) -> int:
@@ -76,13 +81,33 @@ def kw_conv_macs(layer: KWConvNd, x: Tensor, y: Tensor) -> dict[str, int]:
     }
 
 
+def dcd_macs(layer: nn.Module, x: Tensor, y: Tensor) -> dict[str, int]:
+    """MACs of one DCD layer (DCDConv2d, DCDModule or DCDLinear) for one sample, split as `count_macs` reports."""
+    trunk = sum(m.in_features * m.out_features for m in layer.modules() if isinstance(m, nn.Linear)
+                and m not in (getattr(layer, n, None) for n in ("cls", "cls_q", "cls_p")))
+    dim = layer.dim
+    if isinstance(layer, DCDLinear):
+        c, o = layer.in_features, layer.out_features
+        return {"linear": c * o, "attention": trunk, "products": o, "low_rank": dim * (c + dim + o)}
+    c, h, w = x.shape[1:]
+    o, ho, wo = y.shape[1:]
+    kh, kw = layer.kernel_size
+    return {
+        "conv": o * c * kh * kw * ho * wo,
+        "attention": c * h * w + trunk,
+        "products": o * ho * wo,
+        "low_rank": dim * (c + dim + o) * ho * wo,
+    }
+
+
 def count_macs(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224)) -> dict[str, int]:
     """MACs for one sample, by kind: 'conv' (static convs + the dynamic convs' main convs), 'linear', and the
-    dynamic convs' 'attention', 'aggregation' and 'products'; 'total' is their sum."""
-    totals = dict(conv=0, linear=0, attention=0, aggregation=0, products=0)
+    dynamic convs' 'attention', 'aggregation', 'products' and (DCD) 'low_rank'; 'total' is their sum."""
+    totals = dict(conv=0, linear=0, attention=0, aggregation=0, products=0, low_rank=0)
     dynamic = (DynamicConv2d, KWConvNd)
+    units = (*dynamic, *DCD_LAYERS)  # counted whole, by the rules above
     inside_dynamic = {
-        id(m) for d in model.modules() if isinstance(d, dynamic) for m in d.modules() if m is not d
+        id(m) for d in model.modules() if isinstance(d, units) for m in d.modules() if m is not d
     }
 
     def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
@@ -90,6 +115,9 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224
         if isinstance(module, dynamic):
             layer_macs = dynamic_conv_macs if isinstance(module, DynamicConv2d) else kw_conv_macs
             for k, v in layer_macs(module, x, output).items():
+                totals[k] += v
+        elif isinstance(module, DCD_LAYERS):
+            for k, v in dcd_macs(module, x, output).items():
                 totals[k] += v
         elif isinstance(module, nn.Conv2d):
             totals["conv"] += output[0].numel() * (module.in_channels // module.groups) * module.weight[0, 0].numel()
@@ -99,7 +127,7 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224
     handles = [
         m.register_forward_hook(hook)
         for m in model.modules()
-        if id(m) not in inside_dynamic and isinstance(m, (*dynamic, nn.Conv2d, nn.Linear))
+        if id(m) not in inside_dynamic and isinstance(m, (*units, nn.Conv2d, nn.Linear))
     ]
     was_training = model.training
     try:

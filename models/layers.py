@@ -2,7 +2,7 @@
 
 The architectures never name a conv class: they call a `ConvFactory`, and the registry injects either
 `static_conv` or a `DynamicConvFactory`, which builds its layers through `odconv.create_dynamic_conv` (ODConv,
-CondConv or DyConv). `stage_convs` decides which of the four stages (output strides 4, 8, 16, 32) get the
+CondConv, DyConv or DCD). `stage_convs` decides which of the four stages (output strides 4, 8, 16, 32) get the
 dynamic conv.
 """
 from __future__ import annotations
@@ -12,12 +12,12 @@ from typing import Any, Iterable, Protocol
 from timm.layers import register_notrace_module
 from torch import nn
 
-from odconv import DYNAMIC_CONVS, DynamicConv2d, create_dynamic_conv
+from odconv import DCD_LAYERS, DYNAMIC_CONVS, DynamicConv2d, create_dynamic_conv
 
 # timm's FX tracing (features_only with feature_cls="fx", torchvision's feature extraction, FX quantization) keeps
 # these layers whole: their forward picks a formulation from the input's shape, which a symbolic trace cannot
 # branch on. Registered by the zoo, so the layers themselves need no timm import.
-for _cls in DYNAMIC_CONVS.values():
+for _cls in (*DYNAMIC_CONVS.values(), *DCD_LAYERS):
     register_notrace_module(_cls)
 
 STAGES = (1, 2, 3, 4)  # output strides 4, 8, 16, 32
@@ -89,7 +89,8 @@ def stage_convs(conv: ConvFactory, dynamic_stages: Iterable[int]) -> dict[int, C
 def init_static_layers(model: nn.Module) -> None:
     """Initialise the network's static layers as the released models do; dynamic convs init themselves
     (their attention layers get the init their paper's code gives them)."""
-    inside_dynamic = {id(m) for d in model.modules() if isinstance(d, DynamicConv2d) for m in d.modules()}
+    self_initialising = (DynamicConv2d, *DCD_LAYERS)
+    inside_dynamic = {id(m) for d in model.modules() if isinstance(d, self_initialising) for m in d.modules()}
     for m in model.modules():
         if id(m) in inside_dynamic:
             continue

@@ -2,7 +2,8 @@
 
 One builder per model, as timm writes them: the function's name is the model name, `model_args` holds what the
 variant fixes, and the caller's kwargs win (`dict(model_args, **kwargs)`). Four families per architecture:
-`od_` (ODConv), `condconv_`, `dyconv_` and `static_` (plain convs). Static twins are named `static_*` so they
+`od_` (ODConv), `condconv_`, `dyconv_` and `static_` (plain convs); and `dcd_`, the released DCD networks (their own
+section at the end). Static twins are named `static_*` so they
 never replace timm's own `resnet50` or `mobilenetv2_100`.
 
 Builder kwargs (besides timm's num_classes, in_chans, global_pool, features_only, device, dtype):
@@ -22,6 +23,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from odconv import DYNAMIC_CONVS
 
+from .dcd import DCDMobileNetV2, DCDResNet
 from .layers import DynamicConvFactory, static_conv
 from .mobilenetv2 import MobileNetV2
 from .resnet import ResNet
@@ -51,9 +53,14 @@ def _cfg(first_conv: str, classifier: str) -> dict[str, Any]:
     )
 
 
+# DCD (odconv/dcd.py, models/dcd.py): the released networks, with the released dynamic classifier.
+DCD_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenetv2_100")
+DCD_MODEL_NAMES = tuple("dcd_" + a for a in DCD_ARCHS)
+
 default_cfgs = generate_default_cfgs({
-    prefix + arch: _cfg("conv1", "fc") if arch.startswith("resnet") else _cfg("features.0.0", "classifier.1")
-    for prefix in PREFIXES.values() for arch in ARCHS
+    **{prefix + arch: _cfg("conv1", "fc") if arch.startswith("resnet") else _cfg("features.0.0", "classifier.1")
+       for prefix in PREFIXES.values() for arch in ARCHS},
+    **{name: _cfg("conv1" if "resnet" in name else "features.0.0", "classifier.1") for name in DCD_MODEL_NAMES},
 })
 
 
@@ -323,5 +330,65 @@ def static_mobilenetv2_100(pretrained: bool = False, **kwargs) -> MobileNetV2:
     return _create_mobilenetv2("static_mobilenetv2_100", None, pretrained, **dict(model_args, **kwargs))
 
 
+# DCD: the released networks. Builder kwargs besides timm's: dropout (drop_rate), and for the ResNets the DCD conv's
+# pool_size (released: 2 in the BasicBlock nets, 1 in the Bottleneck nets) and fc_squeeze (16) and dynamic_stages;
+# for MobileNetV2 fc_squeeze (16, the released commands' value).
+DCD_DROPOUT = {"resnet50": 0.1, "mobilenetv2_100": 0.2}  # the released training commands' --dropout
+
+
+def _create_dcd(variant: str, pretrained: bool, **kwargs):
+    if pretrained:
+        raise ValueError(
+            f"{variant}: no weights can be downloaded here; build with pretrained=False and use "
+            "models.load_checkpoint(model, path) with a local checkpoint (the released .pth.tar loads as it is)"
+        )
+    arch = variant[len("dcd_"):]
+    # The released scripts give no dropout for ResNet18/34/101; the ResNet50 command's 0.1 stands for them.
+    dropout = _pop_dropout(kwargs, DCD_DROPOUT.get(arch, 0.1))
+    if arch.startswith("resnet"):
+        depth = int(arch[len("resnet"):])
+        layer = dict(pool_size=2 if depth < 50 else 1)
+        layer.update({k: kwargs.pop(k) for k in ("pool_size", "fc_squeeze") if k in kwargs})
+        return build_model_with_cfg(
+            DCDResNet, variant, pretrained, depth=depth, conv=DynamicConvFactory("dcd", **layer), dropout=dropout,
+            feature_cfg=dict(flatten_sequential=False, out_indices=(0, 1, 2, 3)), **kwargs,
+        )
+    return build_model_with_cfg(
+        DCDMobileNetV2, variant, pretrained, width_mult=1.0, dropout=dropout,
+        feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2, 3)), **kwargs,
+    )
+
+
+@register_model
+def dcd_resnet18(pretrained: bool = False, **kwargs) -> DCDResNet:
+    """ResNet18, DCD (pooled variant) in every residual-block conv, dynamic classifier (released resnet18_dcd)."""
+    return _create_dcd("dcd_resnet18", pretrained, **kwargs)
+
+
+@register_model
+def dcd_resnet34(pretrained: bool = False, **kwargs) -> DCDResNet:
+    """ResNet34, DCD (pooled variant) in every residual-block conv, dynamic classifier (released resnet34_dcd)."""
+    return _create_dcd("dcd_resnet34", pretrained, **kwargs)
+
+
+@register_model
+def dcd_resnet50(pretrained: bool = False, **kwargs) -> DCDResNet:
+    """ResNet50, DCD in every residual-block conv, dynamic classifier (released resnet50_dcd)."""
+    return _create_dcd("dcd_resnet50", pretrained, **kwargs)
+
+
+@register_model
+def dcd_resnet101(pretrained: bool = False, **kwargs) -> DCDResNet:
+    """ResNet101, DCD in every residual-block conv, dynamic classifier (released resnet101_dcd)."""
+    return _create_dcd("dcd_resnet101", pretrained, **kwargs)
+
+
+@register_model
+def dcd_mobilenetv2_100(pretrained: bool = False, **kwargs) -> DCDMobileNetV2:
+    """MobileNetV2 (1.0x), DCD in the pw and pw-linear convs of the expanding blocks, dynamic classifier
+    (released mobilenetv2_dcd)."""
+    return _create_dcd("dcd_mobilenetv2_100", pretrained, **kwargs)
+
+
 MODEL_NAMES = tuple(p + a for p in PREFIXES.values() for a in ARCHS)
-BUILDERS = {name: globals()[name] for name in MODEL_NAMES}
+BUILDERS = {name: globals()[name] for name in MODEL_NAMES + DCD_MODEL_NAMES}

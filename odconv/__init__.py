@@ -1,12 +1,13 @@
 """ODConv: omni-dimensional dynamic convolution (Li, Zhou, Yao, ICLR 2022), and CondConv, DyConv and
-KernelWarehouse (Li, Yao, ICML 2024) on the same code path, in 1, 2 and 3 spatial dimensions. Depends on torch
-only."""
+KernelWarehouse (Li, Yao, ICML 2024) on the same code path, in 1, 2 and 3 spatial dimensions; DCD, the low-rank
+member, beside them. Depends on torch only."""
 from . import tuning
 from .attention import Attentions, ODAttention
 from .condconv import CondConv1d, CondConv2d, CondConv3d, CondConvNd, CondConvRouting
 from .conv import (DynamicConv1d, DynamicConv2d, DynamicConv3d, DynamicConvNd, ODConv1d, ODConv2d, ODConv3d,
                    ODConvNd)
 from .convert import convert
+from .dcd import DCD_LAYERS, DCDConv2d, DCDLinear, DCDModule
 from .dispatch import get_dispatch, set_dispatch, use_formulation
 from .dyconv import DyConv1d, DyConv2d, DyConv3d, DyConvAttention, DyConvNd
 from .explain import explain, format_explain
@@ -18,11 +19,11 @@ from .temperature import final_temperature, set_temperature, temperature_schedul
 from .warehouse import WarehouseManager, build_warehouses
 
 __all__ = [
-    "DYNAMIC_CONVS", "FORMULATIONS", "Attentions", "CondConv1d", "CondConv2d", "CondConv3d", "CondConvNd",
-    "CondConvRouting", "DyConv1d", "DyConv2d", "DyConv3d", "DyConvAttention", "DyConvNd", "DynamicConv1d",
-    "DynamicConv2d", "DynamicConv3d", "DynamicConvNd", "KWAttention", "KWConv1d", "KWConv2d", "KWConv3d",
-    "KWConvNd", "KWLinear", "ODAttention", "ODConv1d", "ODConv2d", "ODConv3d", "ODConvNd", "WarehouseManager",
-    "build_warehouses", "convert", "create_dynamic_conv", "explain", "final_temperature", "format_explain",
-    "get_dispatch", "odconv1d", "odconv2d", "odconv3d", "set_dispatch", "set_temperature", "temperature_schedule",
-    "tuning", "use_formulation",
+    "DCD_LAYERS", "DYNAMIC_CONVS", "FORMULATIONS", "Attentions", "CondConv1d", "CondConv2d", "CondConv3d",
+    "CondConvNd", "CondConvRouting", "DCDConv2d", "DCDLinear", "DCDModule", "DyConv1d", "DyConv2d", "DyConv3d",
+    "DyConvAttention", "DyConvNd", "DynamicConv1d", "DynamicConv2d", "DynamicConv3d", "DynamicConvNd",
+    "KWAttention", "KWConv1d", "KWConv2d", "KWConv3d", "KWConvNd", "KWLinear", "ODAttention", "ODConv1d",
+    "ODConv2d", "ODConv3d", "ODConvNd", "WarehouseManager", "build_warehouses", "convert", "create_dynamic_conv",
+    "explain", "final_temperature", "format_explain", "get_dispatch", "odconv1d", "odconv2d", "odconv3d",
+    "set_dispatch", "set_temperature", "temperature_schedule", "tuning", "use_formulation",
 ]

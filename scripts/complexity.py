@@ -4,9 +4,10 @@
 
 Prints three tables: the paper's ODConv rows (ours beside the published figures; rows more than 1% away carry a
 note saying why), then every dynamic-conv family per architecture (static, ODConv 1x/4x, CondConv 8x, DyConv 4x,
-KernelWarehouse 1x/4x where released) with the published parameter count where a paper gives one, then the released
-KernelWarehouse rows (README params and accuracy; no MACs published). MAC convention: see models/complexity.py (convs
-and FC layers as the usual counters, plus every multiply-add of the dynamic convs' attentions and aggregation).
+KernelWarehouse 1x/4x and DCD where released) with the published parameter count where a source gives one, then the
+released KernelWarehouse rows (README params and accuracy; no MACs published). MAC convention: see
+models/complexity.py (convs and FC layers as the usual counters, plus every multiply-add of the dynamic convs'
+attentions and aggregation, and DCD's low-rank path).
 Models are built on the meta device: counting needs shapes only, so even CondConv ResNet101 costs no memory.
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch  # noqa: E402
 
 import models  # noqa: E402
 from models.complexity import count_macs, count_params  # noqa: E402
-from models.published import COMPARISON_ROWS, KW_ROWS, PAPER_ROWS  # noqa: E402
+from models.published import COMPARISON_ROWS, KW_ROWS, OVERHEAD_ROWS, PAPER_ROWS  # noqa: E402
 
 # (family label, model prefix, layer kwargs): the rows of the family table, per architecture.
 FAMILIES = (
@@ -33,6 +34,7 @@ FAMILIES = (
     ("DyConv (4x)", "dyconv_", {"kernel_num": 4}),
     ("KW (1x)", "kw_", {"kw_ratio": 1}),  # only for the architectures KernelWarehouse released
     ("KW (4x)", "kw_", {"kw_ratio": 4}),
+    ("DCD", "dcd_", {}),  # the released DCD networks (ResNets and MobileNetV2 1.0x only)
 )
 
 
@@ -92,6 +94,8 @@ def family_rows(archs: list[str]) -> list[dict]:
             name = prefix + arch
             if prefix == "kw_" and name not in models.KW_MODEL_NAMES:
                 continue
+            if prefix == "dcd_" and name not in models.DCD_MODEL_NAMES:
+                continue
             model = _meta_model(name, **layer_kwargs)
             macs = count_macs(model)["total"]
             static_macs = static_macs or macs
@@ -99,11 +103,12 @@ def family_rows(archs: list[str]) -> list[dict]:
             paper = PAPER_ROWS.get((arch, kernels if prefix == "od_" else 0)) if prefix in ("od_", "static_") else None
             paper = KW_ROWS.get((arch, kernels)) if prefix == "kw_" else paper
             comparison = COMPARISON_ROWS.get((name, kernels))
+            overhead = OVERHEAD_ROWS.get(name)
             rows.append(dict(
                 arch=arch, family=label, name=name, params=count_params(model), macs=macs,
                 macs_over_static=macs / static_macs - 1,
                 paper_params=paper.params if paper else comparison.params if comparison else None,
-                note=comparison.note if comparison else "",
+                note=comparison.note if comparison else overhead.note if overhead else "",
             ))
     return rows
 

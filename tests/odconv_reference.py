@@ -170,7 +170,8 @@ def float32_error_bound(layer: nn.Module, x: Tensor, grad_out: Tensor, reference
     probabilistic rounding error analysis", SIAM J. Sci. Comput. 2019), so the bound is
     FLOAT32_SAFETY * sqrt(longest_sum) * (the perturbation's effect). Only float64 arithmetic enters it, so it is
     the same on every CPU, whichever float32 kernels the formulation under test meets there. `longest` overrides
-    the longest sum for layers `longest_sum` does not describe (KernelWarehouse, 1-D and 3-D).
+    the longest sum for layers `longest_sum` does not describe (KernelWarehouse, DCD, 1-D and 3-D), whose longest
+    reduction the caller knows.
     """
     base = float64_params(layer)
 

@@ -14,8 +14,8 @@ import torch
 import models  # noqa: F401  (registers the zoo)
 from models import count_params
 from models.complexity import count_macs, dynamic_conv_macs, kw_conv_macs
-from models.published import COMPARISON_ROWS
-from odconv import CondConv2d, DyConv2d, ODConv2d
+from models.published import COMPARISON_ROWS, OVERHEAD_ROWS
+from odconv import CondConv2d, DCDConv2d, DCDLinear, DCDModule, DyConv2d, ODConv2d
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -142,12 +142,13 @@ def test_complexity_script_prints_the_table(tmp_path):
     assert "undocumented convention" in lines[2]  # the 4x row is 2.2% off and says why
     family = [line for line in proc.stdout.splitlines() if line.startswith("| resnet18 |")]
     assert [line.split(" | ")[1] for line in family] == [
-        "static", "ODConv (1x)", "ODConv (4x)", "CondConv (8x)", "DyConv (4x)", "KW (1x)", "KW (4x)"]
+        "static", "ODConv (1x)", "ODConv (4x)", "CondConv (8x)", "DyConv (4x)", "KW (1x)", "KW (4x)", "DCD"]
     assert "| `kw_resnet18` | 11.93M | 11.93M |" in family[5] and "| `kw_resnet18` | 45.86M | 45.86M |" in family[6]
     kw = [line for line in proc.stdout.splitlines() if line.startswith("| ResNet18 + KW")]
     assert len(kw) == 5 and "| 4.03M | 4.08M |" in kw[0] and "the README prints another figure" in kw[0]
     assert "| `condconv_resnet18` | 88.62M | 81.35M | 1903.7M | +4.9% | published count = CondConv in the last" in family[3]
     assert "| `dyconv_resnet18` | 44.93M | 45.47M | 1860.0M | +2.5% | published count = ours + DyConv" in family[4]
+    assert "| `dcd_resnet18` | 14.70M | 14.70M | 1886.2M | +4.0% | published count (quoted by MCL" in family[7]
     assert out.read_text().strip() == proc.stdout.strip()
 
 
@@ -166,3 +167,38 @@ def test_kernelwarehouse_layer_macs_by_hand():
     macs = kw_conv_macs(layer, x, layer.eval()(x))
     assert macs == {"conv": 16 * 8 * 9 * 36, "attention": 8 * 36 + 8 * 16 + 16 * 18 * 37,
                     "aggregation": 36 * 16 * 8 * 9, "products": 0}
+
+
+def test_dcd_layer_macs_by_hand():
+    """DCD: the static conv, the pooled input and the trunk's linear layers, the scale on the static output, and the
+    low-rank path Q (C -> L), Phi (L x L), P (L -> O) at every output position (odconv/dcd.py)."""
+    x = torch.zeros(1, 64, 16, 16)
+    conv = DCDConv2d(64, 128, 3, stride=2, padding=1, pool_size=2).eval()  # L = 16, trunk 256 -> 16
+    m = models.complexity.dcd_macs(conv, x, conv(x))
+    trunk = 256 * 16 + 16 * 16 + 16 * 256 + 16 * 128  # fc.0, the SE gate, fc_phi, fc_scale
+    assert m == dict(conv=128 * 64 * 9 * 64, attention=64 * 256 + trunk, products=128 * 64,
+                     low_rank=16 * (64 + 16 + 128) * 64)
+    module = DCDModule(16, 96, fc_squeeze=16).eval()  # L = 8, trunk 64 -> 4
+    x = torch.zeros(1, 16, 8, 8)
+    m = models.complexity.dcd_macs(module, x, module(x))
+    assert m == dict(conv=96 * 16 * 64, attention=16 * 64 + 64 * 4 + 4 * 4 + 4 * 64 + 4 * 96, products=96 * 64,
+                     low_rank=8 * (16 + 8 + 96) * 64)
+    head = DCDLinear(512, 1000).eval()
+    v = torch.zeros(2, 512)
+    m = models.complexity.dcd_macs(head, v, head(v))
+    assert m == dict(linear=512 * 1000, attention=512 * 32 + 32 * 32 + 32 * 1024 + 32 * 1000, products=1000,
+                     low_rank=32 * (512 + 32 + 1000))
+
+
+def test_dcd_parameter_counts_against_the_published_ones():
+    """ResNet18 + DCD: 14.70M (quoted by MCL) = ours. ResNet50 + DCD: the FDConv table's +4.3M = ours over the static
+    ResNet50 with the dynamic classifier (4,278,024); the backbone alone (no classifier) adds 4,049,032."""
+    def params(name, **kw):
+        return count_params(timm.create_model(name, device="meta", **kw))
+    assert params("dcd_resnet18") == 14_703_332
+    assert round(14_703_332 / 1e6, 2) == COMPARISON_ROWS["dcd_resnet18", 0].params
+    over = params("dcd_resnet50") - params("static_resnet50")
+    backbone = params("dcd_resnet50", num_classes=0) - params("static_resnet50", num_classes=0)
+    assert (over, backbone) == (4_278_024, 4_049_032)
+    assert round(over / 1e6, 1) == OVERHEAD_ROWS["dcd_resnet50"].params
+    assert "4,278,024" in OVERHEAD_ROWS["dcd_resnet50"].note and "4,049,032" in OVERHEAD_ROWS["dcd_resnet50"].note

@@ -21,6 +21,7 @@ from train.config import ConfigError, TrainConfig, lr_for, validate
 # ODConv's paper rows and comparisons; KernelWarehouse's rows (kw_*) have their own recipes, tested below.
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml") if not p.stem.startswith("kw_"))
 KW_EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("kw_*.yaml"))
+DCD_EXPERIMENTS = ["dcd_mobilenetv2_100", "dcd_resnet50"]  # DCD's own released recipes, tested on their own
 MODELS = sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml"))
 
 
@@ -34,9 +35,10 @@ def test_one_experiment_per_published_row():
     rows = {_table_row_name(arch, k) for arch, k in PAPER_ROWS}
     assert rows <= set(EXPERIMENTS)
     others = set(EXPERIMENTS) - rows  # the ablations and the other dynamic convolutions, each named for its row
-    assert all(n.startswith(("ablation_resnet18_", "condconv_", "dyconv_")) for n in others), sorted(others)
+    assert all(n.startswith(("ablation_resnet18_", "condconv_", "dyconv_", "dcd_")) for n in others), sorted(others)
     assert {n for n in others if not n.startswith("ablation_")} == {
-        f"{kind}_{arch}" for kind in ("condconv", "dyconv") for arch in ("resnet18", "resnet50", "mobilenetv2_100")}
+        f"{kind}_{arch}" for kind in ("condconv", "dyconv") for arch in ("resnet18", "resnet50", "mobilenetv2_100")
+    } | set(DCD_EXPERIMENTS)  # DCD: the two released recipes
 
 
 def _experiment_file(name: str) -> tuple[str, str, dict]:
@@ -45,7 +47,7 @@ def _experiment_file(name: str) -> tuple[str, str, dict]:
     return text, yaml.safe_load(text)["defaults"][0]["override /model"], yaml.safe_load(text).get("model", {})
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
+@pytest.mark.parametrize("name", [e for e in EXPERIMENTS if e not in DCD_EXPERIMENTS])
 def test_experiment_composes_with_released_recipe(name):
     """Every experiment file: its recipe composes with the paper's settings, its comment names its row, and it
     changes exactly the model keys it lists on top of its model option."""
@@ -73,6 +75,32 @@ def test_experiment_composes_with_released_recipe(name):
     plain = validate(compose_cfg([f"model={model_option}"])).model
     changed = {k for k in vars(plain) if k != "dropout" and getattr(plain, k) != getattr(c.model, k)}
     assert changed == set(model_keys), f"{name} changes {sorted(changed)}"
+
+
+@pytest.mark.parametrize("name", DCD_EXPERIMENTS)
+def test_dcd_experiment_composes_with_the_released_dcd_recipe(name):
+    """The released DCD commands (github.com/liyunsheng13/dcd README, main.py): ResNet50 120 epochs, lr 0.1 at batch
+    256, wd 1e-4, x0.1 at 30/60/90, dropout 0.1; MobileNetV2 300 epochs cosine per iteration, lr 0.1 at batch 512, wd
+    2e-5, dropout 0.2; both SGD momentum 0.9 without Nesterov, every parameter decayed, no warmup, label smoothing
+    0.1, mixup 0.2, crop + flip, eval resize 256 / crop 224."""
+    c = validate(compose_cfg([f"experiment={name}"]))
+    text, model_option, model_keys = _experiment_file(name)
+    assert c.run_name == name == c.model.name and model_option == name and model_keys == {}
+    assert text.splitlines()[1].startswith("# Released DCD recipe: ")
+    assert (c.data.format, c.data.img_size, data_defaults(c)["crop_pct"], c.data.hflip) == ("folder", 224, 0.875, 0.5)
+    assert (c.optim.name, c.optim.momentum, c.optim.nesterov, c.optim.wd_exclude_norm_bias) == ("sgd", 0.9, False, False)
+    assert (c.data.label_smoothing, c.data.mixup, c.data.cutmix, c.sched.warmup_epochs) == (0.1, 0.2, 0.0, 0)
+    assert c.data.mixup_ramp_epochs == 100  # main.py: alpha x epoch / 100 over the first 100 epochs
+    assert c.model.dropout is None
+    if "resnet" in name:
+        assert (c.trainer.epochs, c.data.global_batch_size, lr_for(c), c.optim.weight_decay) == (120, 256, 0.1, 1e-4)
+        assert (c.sched.name, list(c.sched.milestones), c.sched.decay_rate, c.sched.per_iteration) == (
+            "multistep", [30, 60, 90], 0.1, False)
+        assert _built_dropout(c) == 0.1
+    else:
+        assert (c.trainer.epochs, c.data.global_batch_size, lr_for(c), c.optim.weight_decay) == (300, 512, 0.1, 2e-5)
+        assert (c.sched.name, c.sched.per_iteration, c.sched.min_lr) == ("cosine", True, 0.0)
+        assert _built_dropout(c) == 0.2
 
 
 def _built_dropout(c: TrainConfig) -> float:
@@ -124,6 +152,7 @@ MODEL_OPTION_TAKES = {
     "dyconv_": "it takes kernel_num, reduction, dynamic_stages",
     "kw_": "it takes kw_ratio",
     "static_": "it takes none of the dynamic-convolution keys",
+    "dcd_": "it takes none of the dynamic-convolution keys",
 }
 
 

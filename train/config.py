@@ -24,8 +24,8 @@ class ConfigError(ValueError):
 class ModelConfig:
     """What `timm.create_model` receives. Every key but `name` and the temperature schedule is an argument of the zoo's
     builders; unset (None) keys are not passed, so the builder's default holds (one source for each default)."""
-    # timm name of a zoo model: od_, condconv_, dyconv_ or static_ + resnet18 ... mobilenetv2_100; kw_ + resnet18,
-    # resnet50, mobilenetv2_050 or mobilenetv2_100
+    # timm name of a zoo model: od_, condconv_, dyconv_, static_ or dcd_ + resnet18 ... mobilenetv2_100; kw_ +
+    # resnet18, resnet50, mobilenetv2_050 or mobilenetv2_100
     name: str = MISSING
     kernel_num: Optional[int] = None  # od_ / dyconv_: kernels per layer; 0 marks a static model (not passed)
     reduction: Optional[float] = None  # od_ / dyconv_: attention hidden width = in_channels * reduction
@@ -68,6 +68,7 @@ class DataConfig:
     auto_augment: Optional[str] = None  # e.g. rand-m9-mstd0.5-inc1 (RandAugment)
     reprob: float = 0.0  # random erasing probability
     mixup: float = 0.0  # mixup alpha
+    mixup_ramp_epochs: float = 0.0  # alpha grows linearly from 0 over this many epochs (released DCD: 100); 0 = none
     cutmix: float = 0.0  # cutmix alpha
     label_smoothing: float = 0.0
     global_batch_size: int = 256  # images per optimizer step over all processes (accumulation included)
@@ -209,7 +210,7 @@ def validate(cfg: DictConfig | TrainConfig, world_size: int = 1) -> TrainConfig:
     for key in ("hflip", "reprob"):
         if not 0.0 <= getattr(d, key) <= 1.0:
             raise ConfigError(f"data.{key} must be in [0, 1], got {getattr(d, key)}")
-    for key in ("mixup", "cutmix", "label_smoothing"):
+    for key in ("mixup", "mixup_ramp_epochs", "cutmix", "label_smoothing"):
         _positive(f"data.{key}", getattr(d, key), allow_zero=True)
     _positive("data.global_batch_size", d.global_batch_size)
     _positive("data.eval_batch_size", d.eval_batch_size)
@@ -266,13 +267,14 @@ MODEL_KWARGS = {
     "dyconv_": ("kernel_num", "reduction", "dynamic_stages"),
     "kw_": ("kw_ratio",),
     "static_": (),
+    "dcd_": (),  # the released DCD networks: their layer sizes are the released ones
 }
 ZOO_KWARGS = sorted({k for keys in MODEL_KWARGS.values() for k in keys})
 ATTENTIONS = ("spatial", "channel", "filter", "kernel")
 
 
 def model_family(name: str) -> str | None:
-    """The zoo prefix of a model name (od_, condconv_, dyconv_, static_), None for timm's own models."""
+    """The zoo prefix of a model name (od_, condconv_, dyconv_, static_, dcd_), None for timm's own models."""
     return next((prefix for prefix in MODEL_KWARGS if name.startswith(prefix)), None)
 
 

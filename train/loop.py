@@ -33,7 +33,7 @@ from .config import ConfigError, TrainConfig, validate
 from .distributed import DistInfo
 from .evaluate import autocast, evaluate, evaluate_checkpoint
 from .loss import build_criterion
-from .mixup import build_mixup
+from .mixup import build_mixup, ramp_mixup
 from .optim import build_optimizer, build_scheduler, set_schedule_position
 from .precise_bn import recalibrate_bn
 from .runlog import RunLogger
@@ -225,6 +225,8 @@ def train_one_epoch(ctx: Ctx, state: State) -> str | None:
     accum, steps = t.accum_steps, ctx.loaders.steps_per_epoch
     batches = _epoch_batches(ctx, state)
     set_schedule_position(ctx.sched, state.epoch, state.step)
+    if ctx.mixup is not None:
+        ramp_mixup(ctx.mixup, c.data.mixup, state.epoch, c.data.mixup_ramp_epochs)
     ctx.net.train()
     if t.freeze_bn:
         for m in ctx.model.modules():
