@@ -7,6 +7,7 @@ Fourier disjoint weight and the band masks use.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Sequence
 
@@ -26,6 +27,11 @@ def rfft2_frequencies(rows: int, cols: int) -> Tensor:
 
 
 def radial_order(rows: int, cols: int) -> Tensor:
+    return _radial_order(rows, cols).clone()
+
+
+@functools.lru_cache(maxsize=64)  # a network repeats a few shapes; sorting a large spectrum is not free
+def _radial_order(rows: int, cols: int) -> Tensor:
     """(2, rows*(cols//2+1)) row and column indices of the rfft2 spectrum of a rows x cols signal, sorted by the
     float32 radius |f| as released. Ties (|f| is symmetric in the row frequency) are broken by position (a stable
     sort, which is what CUDA's radix sort gives; the released `torch.sort` is unstable, so its CPU order of tied
