@@ -10,7 +10,11 @@ from .dyconv import DyConv2d, DyConvAttention
 from .explain import explain, format_explain
 from .factory import DYNAMIC_CONVS, create_dynamic_conv
 from .fdconv import FDConv2d
-from .fdconv_convert import convert_to_fdconv, released_fdconv_state_dict, static_to_fdconv_state_dict
+from .fdconv_convert import (
+    convert_to_fdconv,
+    released_fdconv_state_dict,
+    static_to_fdconv_state_dict,
+)
 from .formulations import FORMULATIONS
 from .functional import odconv2d
 from .temperature import set_temperature, temperature_schedule

@@ -6,7 +6,7 @@ import inspect
 from torch import nn
 
 from .condconv import CondConv2d
-from .conv import DynamicConv2d, IntOrPair, ODConv2d
+from .conv import IntOrPair, ODConv2d
 from .dyconv import DyConv2d
 from .fdconv import FDConv2d
 

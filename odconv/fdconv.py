@@ -18,7 +18,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .fdconv_modules import (
-    GATE_ACTS, FrequencyBandModulation, KernelSpatialModulation_Global, KernelSpatialModulation_Local, gate,
+    GATE_ACTS,
+    FrequencyBandModulation,
+    KernelSpatialModulation_Global,
+    KernelSpatialModulation_Local,
+    gate,
     radial_order,
 )
 
@@ -58,6 +62,8 @@ class FDConv2d(nn.Conv2d):
     as a random factor (see `KernelSpatialModulation_Global`); `gate_init="exact"` starts every gate at exactly 1,
     so a layer whose `dft_weight` comes from a static kernel computes that conv (up to rounding) at
     initialisation. `convert_param=False` keeps the static `weight` as the parameter and transforms it each call.
+    `use_fdconv_if_stride_in`, `param_reduction`, `spatial_freq_decompose` and `linear_mode` are accepted so that
+    the released configs build; the last three only at their defaults (1.0, False, False).
     """
 
     def __init__(
@@ -68,10 +74,19 @@ class FDConv2d(nn.Conv2d):
         use_fbm_for_stride: bool = False, kernel_temp: float = 1.0, temp: Optional[float] = None,
         att_multi: float = 2.0, param_ratio: int = 1, ksm_only_kernel_att: bool = False, use_ksm_local: bool = True,
         ksm_local_act: str = "sigmoid", ksm_global_act: str = "sigmoid", convert_param: bool = True,
-        fbm_cfg: Optional[dict[str, Any]] = None, gate_init: str = "released", device=None, dtype=None,
+        fbm_cfg: Optional[dict[str, Any]] = None, gate_init: str = "released", use_fdconv_if_stride_in=(1,),
+        param_reduction: float = 1.0, spatial_freq_decompose: bool = False, linear_mode: bool = False,
+        device=None, dtype=None,
     ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                          padding_mode, device=device, dtype=dtype)
+        # Released arguments taken at their released (and detection configs') values only; the release stores
+        # use_fdconv_if_stride_in without reading it.
+        fixed = {"param_reduction": (param_reduction, 1.0), "spatial_freq_decompose": (spatial_freq_decompose, False),
+                 "linear_mode": (linear_mode, False)}
+        other = sorted(name for name, (value, default) in fixed.items() if value != default)
+        if other:
+            raise ValueError(f"FDConv2d implements {other} only at their defaults {[fixed[n][1] for n in other]}")
         if gate_init not in GATE_INITS:
             raise ValueError(f"gate_init must be one of {GATE_INITS}, got {gate_init!r}")
         if ksm_local_act not in GATE_ACTS:

@@ -27,15 +27,16 @@ def rfft2_frequencies(rows: int, cols: int) -> Tensor:
 
 
 def radial_order(rows: int, cols: int) -> Tensor:
+    """(2, rows*(cols//2+1)) row and column indices of the rfft2 spectrum of a rows x cols signal, sorted by the
+    float32 radius |f| as released. Ties (|f| is symmetric in the row frequency) are broken by position: a stable
+    sort, the same on every device. The released `torch.sort` is unstable, so which band a tie on a band boundary
+    joins is there up to the sort implementation (on this CPU it differs from the stable order for some shapes;
+    the released CUDA order was not checked)."""
     return _radial_order(rows, cols).clone()
 
 
 @functools.lru_cache(maxsize=64)  # a network repeats a few shapes; sorting a large spectrum is not free
 def _radial_order(rows: int, cols: int) -> Tensor:
-    """(2, rows*(cols//2+1)) row and column indices of the rfft2 spectrum of a rows x cols signal, sorted by the
-    float32 radius |f| as released. Ties (|f| is symmetric in the row frequency) are broken by position (a stable
-    sort, which is what CUDA's radix sort gives; the released `torch.sort` is unstable, so its CPU order of tied
-    frequencies, and with it which band a tie on a band boundary joins, is the sort implementation's)."""
     radius = rfft2_frequencies(rows, cols).norm(dim=-1).flatten()
     order = torch.sort(radius, stable=True).indices
     half = cols // 2 + 1
@@ -60,7 +61,7 @@ class StarReLU(nn.Module):
         return self.scale * F.relu(x) ** 2 + self.bias
 
 
-class KernelSpatialModulation_Global(nn.Module):  # noqa: N801 -- the released name, kept for its state dicts
+class KernelSpatialModulation_Global(nn.Module):  # the released name, kept for its state dicts
     """ODConv-like heads on the pooled input: fc (1x1 conv, no bias) -> BatchNorm2d -> StarReLU, then a channel
     gate (C_in), a filter gate (C_out), a spatial gate (k*k, not for 1x1 kernels) and the frequency-band ("kernel")
     gate (kernel_num, only when there is more than one band).
@@ -139,7 +140,7 @@ def eca_kernel_size(channels: int) -> int:
     return round(math.log2(channels) / 2 + 0.5) // 2 * 2 + 1
 
 
-class KernelSpatialModulation_Local(nn.Module):  # noqa: N801 -- the released name
+class KernelSpatialModulation_Local(nn.Module):  # the released name
     """A dense (C_out, C_in, k, k) logit from the pooled input: LayerNorm over C_in, then a 1-D conv along the
     channels (ECA-style, 1 -> C_out*k*k outputs, no bias, weights 1e-6 as released, 0 with `exact_init`)."""
 

@@ -7,16 +7,26 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from fdconv_reference import band_masks, irfft2_dense, reference_fdconv, rfft2_dense
+from odconv_reference import (
+    FLOAT32_SAFETY,
+    FLOAT32_UNIT_ROUNDOFF,
+    float32_error_bound,
+    float64_params,
+    rel_err,
+)
 from torch import nn
 
-from fdconv_reference import band_masks, irfft2_dense, reference_fdconv, rfft2_dense
 from models.resnet import ResNet
 from odconv import (
-    FDConv2d, convert_to_fdconv, create_dynamic_conv, released_fdconv_state_dict, static_to_fdconv_state_dict,
+    FDConv2d,
+    convert_to_fdconv,
+    create_dynamic_conv,
+    released_fdconv_state_dict,
+    static_to_fdconv_state_dict,
 )
 from odconv.fdconv import dft_weight_from_weight
 from odconv.fdconv_modules import FrequencyBandModulation, eca_kernel_size
-from odconv_reference import FLOAT32_SAFETY, FLOAT32_UNIT_ROUNDOFF, float32_error_bound, float64_params, rel_err
 
 # name: (in, out, kernel, stride, batch, height, width, layer kwargs). "on-kernel"/"on-features": the two places
 # the released layer applies the channel and filter gates (kernel smaller than the feature maps, or not).
@@ -211,7 +221,7 @@ def test_exact_copy_conversion_gives_the_static_network():
 def test_released_init_conversion_scales_each_output_channel_by_the_filter_gate():
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     static = _static_resnet(torch.float64)
-    fd, layers = _converted(static, "released")
+    fd, _ = _converted(static, "released")
     with torch.no_grad():
         assert rel_err(fd(x), static(x)) > 0.05      # not the static network: the filter gates are random
     # Layer by layer, the released init computes the static conv times the filter gate sigmoid(filter_fc(.)) * 2
@@ -237,7 +247,7 @@ def test_released_init_conversion_scales_each_output_channel_by_the_filter_gate(
 
 def test_checkpoint_converters():
     static = _static_resnet(torch.float32)
-    fd, layers = _converted(static, "released")
+    fd, _ = _converted(static, "released")
     converted = static_to_fdconv_state_dict(static.state_dict(), fd)
     missing, unexpected = fd.load_state_dict(converted, strict=False)
     assert not unexpected and all(("KSM_" in k or "FBM" in k) for k in missing)   # only the modulation is new
