@@ -129,7 +129,7 @@ class FDConv2d(nn.Conv2d):
         if use_ksm_local:
             self.KSM_Local = KernelSpatialModulation_Local(in_channels, out_channels * k * k, exact_init=exact, **fk)
         order = radial_order(rows, cols).reshape(2, kernel_num, -1)
-        self.register_buffer("indices", order.unsqueeze(0).repeat(param_ratio, 1, 1, 1), persistent=False)
+        self.register_buffer("indices", order.unsqueeze(0).repeat(param_ratio, 1, 1, 1).to(device), persistent=False)
         # band_of[r, c]: the band of spectrum entry (r, c) (the inverse of `indices`), to scale it in one gather.
         band_of = torch.empty(rows, cols // 2 + 1, dtype=torch.long)
         band_of[order[0], order[1]] = torch.arange(kernel_num).unsqueeze(1).expand_as(order[0])
