@@ -105,9 +105,9 @@ class FDConv2d(nn.Conv2d):
         rows, cols = out_channels * k, in_channels * k
         bands = kernel_num * param_ratio
         exact = gate_init == "exact"
-        if exact and (param_ratio != 1 or bands == 1 or ksm_only_kernel_att):
-            raise ValueError("gate_init='exact' needs param_ratio=1, kernel_num>1 and ksm_only_kernel_att=False "
-                             "(otherwise the released layer's kernel is not the static one at gate 1)")
+        if exact and param_ratio != 1:
+            raise ValueError("gate_init='exact' needs param_ratio=1 (the released layer's kernel at gate 1 is "
+                             "param_ratio times the static one)")
         if rows * (cols // 2 + 1) % kernel_num:
             raise ValueError(f"kernel_num={kernel_num} must divide the {rows}x{cols // 2 + 1} spectrum of a "
                              f"{in_channels}->{out_channels} k={k} conv")
@@ -169,6 +169,10 @@ class FDConv2d(nn.Conv2d):
             return super().forward(x)
         b, cin, h, w = x.shape
         k = self.kernel_size[0]
+        if b == 1 and self.KSM_Global.bn.training:
+            raise ValueError("FDConv2d: a training-mode batch of one sample cannot go through the global modulation's "
+                             "BatchNorm (KSM_Global.bn, as released); call model.eval() or train with batches of "
+                             "more than one sample")
         pooled = F.adaptive_avg_pool2d(x, 1)
         channel, filt, spatial, band_gates = self.KSM_Global(pooled)
         weight = self.dynamic_kernel(band_gates, b)
