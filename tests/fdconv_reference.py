@@ -159,3 +159,24 @@ def reference_fdconv(x: Tensor, layer, p: dict[str, Tensor], training: bool) -> 
             kernel = kernel * local[n]
         outs.append(F.conv2d(xin[n: n + 1], kernel, p.get("bias"), layer.stride, layer.padding, layer.dilation))
     return torch.cat(outs)
+
+
+def exact_copy_float32_tolerance(layers, max_hw: int) -> float:
+    """How far, relative to its norm, a float32 network whose FDConv layers (`layers`, exact init) replace static
+    convs may compute from the static float32 network, from rounding alone.
+
+    Per layer: the kernel's float32 rfft2/irfft2 round trip over its R x C matrix (an FFT's normwise error is
+    about log2(n) unit roundoffs each way; Higham, "Accuracy and Stability of Numerical Algorithms", 24.1), the
+    three band splits of the input (3 round trips over at most `max_hw` pixels), and a conv whose sums of
+    C_in*k*k terms are accumulated in another order than the static conv's (sqrt(n) unit roundoffs, Higham and
+    Mary 2019), each times FLOAT32_SAFETY as in `float32_error_bound`; the layers' errors add along the depth.
+    """
+    from odconv_reference import FLOAT32_SAFETY, FLOAT32_UNIT_ROUNDOFF
+
+    total = 0.0
+    for m in layers:
+        k = m.kernel_size[0]
+        kernel_roundtrip = 2 * math.log2(m.out_channels * k * m.in_channels * k)
+        band_splits = 6 * math.log2(max_hw) if hasattr(m, "FBM") else 0.0
+        total += kernel_roundtrip + band_splits + math.sqrt(m.in_channels * k * k)
+    return FLOAT32_SAFETY * FLOAT32_UNIT_ROUNDOFF * total

@@ -2,21 +2,20 @@
 configs, loading a static or an FDConv ImageNet checkpoint, and which parameters train in frozen stages."""
 from __future__ import annotations
 
-import math
 import os
 
 import pytest
 import timm
 import torch
+from fdconv_reference import exact_copy_float32_tolerance
+from mmdet.registry import MODELS
 from mmengine.config import Config
+from odconv_reference import rel_err
 
 import detection.plugins  # noqa: F401  (registers the backbones)
 import models
 from models.complexity import count_params
 from odconv import FDConv2d, released_fdconv_state_dict
-from odconv_reference import FLOAT32_SAFETY, FLOAT32_UNIT_ROUNDOFF, rel_err
-
-from mmdet.registry import MODELS
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "mmdet")
 
@@ -69,9 +68,7 @@ def test_static_imagenet_checkpoint_starts_the_exact_init_backbone_as_the_static
     with torch.no_grad():
         want, got = static.forward_stages(x), backbone.eval()(x)
     layers = [m for m in backbone.modules() if isinstance(m, FDConv2d) and m.is_dynamic]
-    # As in test_fdconv: each converted layer adds a float32 DFT round trip of its kernel to the static rounding.
-    n = max(m.out_channels * m.in_channels * m.kernel_size[0] ** 2 for m in layers)
-    tol = len(layers) * FLOAT32_SAFETY * math.sqrt(n) * FLOAT32_UNIT_ROUNDOFF
+    tol = exact_copy_float32_tolerance(layers, max_hw=16 * 16)
     for w, g in zip(want, got):
         assert rel_err(g, w) < tol
 

@@ -2,15 +2,17 @@
 released state-dict layout and the converters from static convs and checkpoints."""
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
-from fdconv_reference import band_masks, irfft2_dense, reference_fdconv, rfft2_dense
+from fdconv_reference import (
+    band_masks,
+    exact_copy_float32_tolerance,
+    irfft2_dense,
+    reference_fdconv,
+    rfft2_dense,
+)
 from odconv_reference import (
-    FLOAT32_SAFETY,
-    FLOAT32_UNIT_ROUNDOFF,
     float32_error_bound,
     float64_params,
     rel_err,
@@ -213,12 +215,7 @@ def test_exact_copy_conversion_gives_the_static_network():
         if dtype == torch.float64:
             assert rel_err(got, want) < 1e-10     # the same function, exactly
         else:
-            # Each converted layer adds to the static layer's rounding one float32 DFT round trip of its kernel
-            # and the band split of its input: sums of at most max(C_out*k * C_in*k, h*w) terms, each within
-            # FLOAT32_SAFETY * sqrt(n) * u (as in float32_error_bound); the layers' errors add along the depth.
-            n = max(m.out_channels * m.in_channels * m.kernel_size[0] ** 2 for m in layers)
-            tol = len(layers) * FLOAT32_SAFETY * math.sqrt(n) * FLOAT32_UNIT_ROUNDOFF
-            assert rel_err(got, want) < tol
+            assert rel_err(got, want) < exact_copy_float32_tolerance(layers, max_hw=8 * 8)
 
 
 @pytest.mark.slow
@@ -272,8 +269,7 @@ def test_exact_init_gates_are_one_and_training_moves_them():
         layer.dft_weight.copy_(dft_weight_from_weight(conv.weight))
         layer.bias.copy_(conv.bias)
     x = torch.randn(2, 32, 10, 10)
-    # One layer's float32 DFT round trip and band split: sums of at most 32*3 * 32*3 terms (as float32_error_bound).
-    tol = FLOAT32_SAFETY * math.sqrt(96 * 96) * FLOAT32_UNIT_ROUNDOFF
+    tol = exact_copy_float32_tolerance([layer], max_hw=10 * 10)
     assert rel_err(layer(x), conv(x)) < tol
     opt = torch.optim.SGD(layer.parameters(), lr=0.1)
     for _ in range(2):
@@ -292,4 +288,4 @@ def test_exact_init_gates_are_one_and_training_moves_them():
         with torch.no_grad():
             single.dft_weight.copy_(dft_weight_from_weight(conv.weight))
             single.bias.copy_(conv.bias)
-            assert rel_err(single(x), conv(x)) < tol
+            assert rel_err(single(x), conv(x)) < exact_copy_float32_tolerance([single], max_hw=10 * 10)
