@@ -7,15 +7,16 @@ import os
 import pytest
 import timm
 import torch
-from fdconv_reference import exact_copy_float32_tolerance
-from mmdet.registry import MODELS
 from mmengine.config import Config
-from odconv_reference import rel_err
 
 import detection.plugins  # noqa: F401  (registers the backbones)
 import models
+from fdconv_reference import exact_copy_float32_tolerance
 from models.complexity import count_params
 from odconv import FDConv2d, released_fdconv_state_dict
+from odconv_reference import rel_err
+
+from mmdet.registry import MODELS
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "mmdet")
 

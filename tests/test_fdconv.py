@@ -2,33 +2,21 @@
 released state-dict layout and the converters from static convs and checkpoints."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
-from fdconv_reference import (
-    band_masks,
-    exact_copy_float32_tolerance,
-    irfft2_dense,
-    reference_fdconv,
-    rfft2_dense,
-)
-from odconv_reference import (
-    float32_error_bound,
-    float64_params,
-    rel_err,
-)
 from torch import nn
 
+from fdconv_reference import band_masks, exact_copy_float32_tolerance, irfft2_dense, reference_fdconv, rfft2_dense
 from models.resnet import ResNet
 from odconv import (
-    FDConv2d,
-    convert_to_fdconv,
-    create_dynamic_conv,
-    released_fdconv_state_dict,
-    static_to_fdconv_state_dict,
+    FDConv2d, convert_to_fdconv, create_dynamic_conv, released_fdconv_state_dict, static_to_fdconv_state_dict,
 )
 from odconv.fdconv import dft_weight_from_weight
 from odconv.fdconv_modules import FrequencyBandModulation, eca_kernel_size
+from odconv_reference import float32_error_bound, float64_params, rel_err
 
 # name: (in, out, kernel, stride, batch, height, width, layer kwargs). "on-kernel"/"on-features": the two places
 # the released layer applies the channel and filter gates (kernel smaller than the feature maps, or not).
@@ -194,13 +182,8 @@ def _static_resnet(dtype):
 
 
 def _converted(net, gate_init):
-    fd = convert_to_fdconv(_copy(net), gate_init=gate_init, kernel_num=64).eval()
+    fd = convert_to_fdconv(copy.deepcopy(net), gate_init=gate_init, kernel_num=64).eval()
     return fd, [m for m in fd.modules() if isinstance(m, FDConv2d)]
-
-
-def _copy(net):
-    import copy
-    return copy.deepcopy(net)
 
 
 @pytest.mark.slow
