@@ -1,4 +1,4 @@
-"""The zoo's ResNet and MobileNetV2 (ODConv and static) as mmdet backbones, registered in mmdet's `MODELS`.
+"""The zoo's ResNet and MobileNetV2 (ODConv, FDConv and static) as mmdet backbones, registered in mmdet's `MODELS`.
 
 The networks are the `models/` modules built through timm with the classifier removed; this file only adds what
 an mmdet backbone needs: `out_indices`, `frozen_stages`, `norm_eval` and `init_cfg=dict(type='Pretrained', ...)`.
@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 import models
 from models.resnet import ARCH_SETTINGS
-from odconv import ODAttention, set_temperature
+from odconv import FDConv2d, ODAttention, convert_to_fdconv, set_temperature, static_to_fdconv_state_dict
 
 
 class ZooBackbone(BaseModule):
@@ -185,6 +185,49 @@ class StaticResNet(_ResNetStages, ZooBackbone):
         super().__init__(_resnet_name("static_", depth), **kwargs)
 
 
+@MODELS.register_module(name="FD_ResNet")
+class FDResNet(_ResNetStages, ZooBackbone):
+    """The zoo's static ResNet with every block conv that passes FDConv's gate converted to `FDConv2d`, as the
+    released `ResNet_FDConv` (stem and shortcuts static): FDConv starts from the static network's weights.
+
+    `init_cfg=dict(type='Pretrained', checkpoint=...)` takes a static ImageNet checkpoint (converted to
+    `dft_weight` on load) or an FDConv one (the released `resnet50_Convert2FDConv.pth` layout); the modulation
+    parameters, which neither holds, keep their initialisation (`gate_init`, released by default). `fdconv_cfg`
+    goes to every layer (the released configs' conv_cfg without `type`). In frozen stages the parameters whose
+    names contain an entry of `need_grad_list` still train, as released (the modulation: 'KSM', 'FBM').
+    """
+
+    def __init__(self, depth: int = 50, kernel_num: int = 64, gate_init: str = "released",
+                 fdconv_cfg: Optional[dict] = None, need_grad_list: Sequence[str] = ("KSM", "FBM"), **kwargs) -> None:
+        self.need_grad_list = tuple(need_grad_list)
+        super().__init__(_resnet_name("static_", depth), **kwargs)
+        convert_to_fdconv(self.body, gate_init=gate_init, kernel_num=kernel_num, **(fdconv_cfg or {}))
+        self._freeze_stages()
+
+    def _freeze_stages(self) -> None:
+        super()._freeze_stages()
+        for stage in range(1, self.frozen_stages + 1):
+            for m in self.stage_modules(stage):
+                for name, p in m.named_parameters():
+                    if any(key in name for key in self.need_grad_list):
+                        p.requires_grad = True
+
+    def load_classification_checkpoint(self, path: str) -> None:
+        state = models.read_state_dict(path)
+        head = self.body.pretrained_cfg["classifier"] + "."
+        state = {k: v for k, v in state.items() if not k.startswith(head)}
+        if not any(k.endswith(".dft_weight") for k in state):
+            state = static_to_fdconv_state_dict(state, self.body)
+        modulation = {f"{n}.{k}" for n, m in self.body.named_modules() if isinstance(m, FDConv2d)
+                      for k in m.state_dict() if k not in ("dft_weight", "weight", "bias")}
+        missing, unexpected = self.body.load_state_dict(state, strict=False)
+        wrong = sorted(set(missing) - modulation)
+        if wrong or unexpected:
+            raise models.CheckpointMismatchError(
+                f"{path}: does not fit {self.model_name} with FDConv: missing {wrong[:8]}, unexpected "
+                f"{sorted(unexpected)[:8]}")
+
+
 @MODELS.register_module(name="OD_MobileNetV2")
 class ODMobileNetV2(_MobileNetV2Stages, ZooBackbone):
     """MobileNetV2 with ODConv in every conv but the stem; FPN gets the 24/32/96/1280-channel stages (width 1.0)."""
@@ -201,4 +244,4 @@ class StaticMobileNetV2(_MobileNetV2Stages, ZooBackbone):
         super().__init__(_mobilenet_name("static_", widen_factor), **kwargs)
 
 
-__all__ = ["ODMobileNetV2", "ODResNet", "StaticMobileNetV2", "StaticResNet", "ZooBackbone"]
+__all__ = ["FDResNet", "ODMobileNetV2", "ODResNet", "StaticMobileNetV2", "StaticResNet", "ZooBackbone"]
