@@ -40,7 +40,9 @@ def train_step_rate(model_spec: str, *, batch_size: int, img_size: int, steps: i
     name, kwargs = parse_model(model_spec)
     model = timm.create_model(name, num_classes=num_classes, **kwargs).to(device).train()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
+    if channels_last:  # the 4-D kernels only: the dynamic convs' stacked kernels are 5-D (train/builders.py)
+        from train.builders import to_channels_last
+        model = to_channels_last(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     x = torch.randn(batch_size, 3, img_size, img_size, device=device).to(memory_format=memory_format)
     y = torch.randint(0, num_classes, (batch_size,), device=device)

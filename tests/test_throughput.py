@@ -35,3 +35,10 @@ def test_benchmark_errors_are_one_line(tmp_path, capsys):
     assert throughput.main(["--models", "none", "--data", "folder", "--data-root", str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err.startswith(f"error: Dataset root {tmp_path / 'nope'} does not exist")
     assert throughput.main(["--models", "od_resnet18:x", "--data", "none"]) == 2
+
+
+def test_a_dynamic_model_trains_in_channels_last():
+    # Module.to(memory_format=channels_last) raises for the stacked 5-D kernels of ODConv (K, O, I, kh, kw).
+    row = throughput.train_step_rate("od_resnet18:4", batch_size=2, img_size=32, steps=1, warmup=0,
+                                     device=torch.device("cpu"), amp="none", channels_last=True, num_classes=10)
+    assert row["images_per_s"] > 0, row
