@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from conftest import REPO, TINY, compose_cfg, run_train
-from train.checkpoint import save_atomic
+from train import atomic
+from train.checkpoint import CheckpointDir, save_atomic
 from train.loop import NonFiniteLossError, run
 
 # ODConv ResNet18 with EMA and dropout: resume has to restore weights, optimizer, EMA, every RNG and the data position.
@@ -153,3 +154,28 @@ def test_a_checkpoint_write_interrupted_midway_leaves_the_previous_file(tmp_path
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temporary file left behind
     save_atomic({"step": 3}, path)
     assert load_last(tmp_path) == {"step": 3}
+
+
+def test_best_and_epoch_checkpoints_share_the_bytes_of_last_and_keep_them_when_last_moves_on(tmp_path):
+    ckpts = CheckpointDir(tmp_path, keep_last=1)
+    ckpts.save({"epoch": 1, "w": torch.ones(1000)}, epoch_end=True, is_best=True)
+    names = sorted(p.name for p in ckpts.dir.iterdir())
+    assert names == ["best.pt", "epoch_0001.pt", "last.pt"]
+    assert {(ckpts.dir / n).stat().st_ino for n in names} == {ckpts.last.stat().st_ino}  # one file, three names
+    ckpts.save({"epoch": 2, "w": torch.zeros(1000)}, epoch_end=True, is_best=False)
+    assert sorted(p.name for p in ckpts.dir.iterdir()) == ["best.pt", "epoch_0002.pt", "last.pt"]  # keep_last=1
+    assert torch.equal(torch.load(ckpts.best, weights_only=True)["w"], torch.ones(1000))  # best stayed at epoch 1
+    assert torch.load(ckpts.dir / "epoch_0002.pt", weights_only=True)["epoch"] == 2
+    assert ckpts.best.stat().st_nlink == 1 and ckpts.last.stat().st_nlink == 2
+
+
+def test_without_hard_links_the_checkpoint_is_copied_whole(tmp_path, monkeypatch):
+    def no_links(src, dst):
+        raise OSError(1, "Operation not permitted")
+    monkeypatch.setattr(atomic.os, "link", no_links)
+    ckpts = CheckpointDir(tmp_path, keep_last=2)
+    ckpts.save({"epoch": 1, "w": torch.arange(1000.0)}, epoch_end=True, is_best=True)
+    for name in ("best.pt", "epoch_0001.pt"):
+        path = ckpts.dir / name
+        assert path.stat().st_nlink == 1 and path.read_bytes() == ckpts.last.read_bytes()
+    assert sorted(p.name for p in ckpts.dir.iterdir()) == ["best.pt", "epoch_0001.pt", "last.pt"]  # no temp files

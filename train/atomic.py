@@ -7,6 +7,7 @@ training stack (train/__init__.py imports nothing).
         f.write(text)
     with atomic_directory(root) as tmp:   # fill tmp; it becomes root in one rename
         ...
+    atomic_link(run_dir / "last.pt", run_dir / "best.pt")  # a second name for the same bytes, swapped in at once
 """
 from __future__ import annotations
 
@@ -39,6 +40,30 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", *, fsync: bool = True
             if fsync:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_link(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Make `dst` name the same file as `src` (a hard link), replacing any old `dst` in one rename.
+
+    Used for the checkpoints that hold the same state as one just written (best.pt and epoch_XXXX.pt beside
+    last.pt): one copy on disk instead of three. A later atomic_write to `src` replaces src's name with a new
+    file and leaves `dst` on the old one, so the link never changes under a reader. Where the filesystem has
+    no hard links the bytes are copied to a temporary sibling, fsynced, and renamed in the same way."""
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:  # no hard links here (some network and FUSE filesystems): a full copy
+            with open(src, "rb") as fin, open(tmp, "wb") as fout:
+                shutil.copyfileobj(fin, fout)
+                fout.flush()
+                os.fsync(fout.fileno())
+        os.replace(tmp, dst)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
