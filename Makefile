@@ -4,7 +4,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: train test test-fast complexity setup setup-detection
+.PHONY: train test test-fast durations complexity setup setup-detection
 
 $(VENV)/.ready: requirements.txt pyproject.toml scripts/setup_env.sh
 	bash scripts/setup_env.sh $(VENV)
@@ -30,6 +30,10 @@ test: $(VENV)/.detection-ready
 
 test-fast: $(VENV)/.detection-ready
 	$(PY) -m pytest -n $(WORKERS) --dist loadfile -m "not slow" $(ARGS)
+
+# The whole suite, recording each test file's seconds in tests/durations.json (files start longest first from it).
+durations: $(VENV)/.detection-ready
+	ODCONV_RECORD_DURATIONS=1 $(PY) -m pytest -n $(WORKERS) --dist loadfile $(ARGS)
 
 complexity: $(VENV)/.ready
 	$(PY) scripts/complexity.py $(ARGS)

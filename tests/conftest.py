@@ -1,6 +1,7 @@
 """Shared fixtures of the training-engine tests: config composition and a tiny, fast training config."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from train.config import register
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
+# Seconds each test file took in a recorded run of the whole suite (`make durations`); files start longest first.
+DURATIONS = REPO / "tests" / "durations.json"
 
 # A run small enough for two CPU cores: a static ResNet18 on 16x16 digits, batches of 16, a few steps per epoch.
 # Static ResNet18 has BatchNorm; tests that compare process counts turn SyncBN on (see test_ddp.py).
@@ -51,6 +54,11 @@ def run_train(args: list[str], *, cwd: Path = REPO, env: dict | None = None, tim
 
 
 def pytest_collection_modifyitems(config, items):
+    _mark_repeated_grid_cases(items)
+    _longest_files_first(items)
+
+
+def _mark_repeated_grid_cases(items) -> None:
     """The quick subset (`make test-fast`, `-m "not slow"`) runs every test function once per ODConv formulation:
     besides the end-to-end runs marked `slow` where they are written, every case of a parametrized grid is marked
     `slow` here but the first of each value of its `formulation` parameter (so each hand-written backward meets
@@ -64,3 +72,34 @@ def pytest_collection_modifyitems(config, items):
         if key in seen:
             item.add_marker(pytest.mark.slow)
         seen.add(key)
+
+
+def _file_of(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+def _longest_files_first(items) -> None:
+    """Longest files first. The suite runs in pytest-xdist workers that take whole files in collection order, so
+    a long end-to-end file collected last ran alone on one worker while the other sat idle (the demo training
+    file: two minutes at the end of a 17-minute run). Ordering by the recorded durations is the longest-processing-
+    time-first rule; files not recorded yet go last, in their usual order. Every worker sorts the same way."""
+    recorded = json.loads(DURATIONS.read_text()) if DURATIONS.is_file() else {}
+    position = {}
+    for i, item in enumerate(items):
+        position.setdefault(_file_of(item.nodeid), i)
+    items.sort(key=lambda item: (-recorded.get(_file_of(item.nodeid), 0.0), position[_file_of(item.nodeid)]))
+
+
+_seconds_per_file: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    # Set-up, call and teardown: a module fixture's training run is part of its file's time.
+    _seconds_per_file[_file_of(report.nodeid)] = _seconds_per_file.get(_file_of(report.nodeid), 0.0) + report.duration
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # Under xdist the controller receives every worker's reports, so the controller writes the whole suite's times.
+    if os.environ.get("ODCONV_RECORD_DURATIONS") and _seconds_per_file and not hasattr(session.config, "workerinput"):
+        times = {f: round(t, 1) for f, t in sorted(_seconds_per_file.items(), key=lambda kv: -kv[1])}
+        DURATIONS.write_text(json.dumps(times, indent=0) + "\n")
