@@ -54,9 +54,10 @@ list="$out/jobs.txt"
 for seed in ${seeds//,/ }; do
   for label in ${models//,/ }; do
     [[ -n "${option[$label]:-}" ]] || { echo "error: MODELS: unknown label '$label' (one of ${!option[*]})" >&2; exit 2; }
-    # One line per run: its directory, then its overrides (the study's, the model's, the caller's).
+    # One line per run: its directory, then its overrides (the study's, the model's, the caller's last, so that a
+    # caller's value wins over the study's: e.g. model.temperature_epochs=4 for another temperature schedule).
     # No trailing blank: xargs -L would join the next line to this one.
-    printf '%s\n' "paths.run_dir=$out/$label-seed$seed trainer.seed=$seed trainer.threads=1 run_name=proxy_study $recipe $* ${temperature//,/ } ${option[$label]}" >> "$list"
+    printf '%s\n' "paths.run_dir=$out/$label-seed$seed trainer.seed=$seed trainer.threads=1 run_name=proxy_study $recipe ${temperature//,/ } ${option[$label]} $*" >> "$list"
   done
 done
 
