@@ -1,6 +1,6 @@
 """KernelWarehouse ConvNeXt-T (released 1x) and its static twin: the released static layout and count, the released
 warehouses and LayerNorm attention, the one-line error for another setting, tau = 1 as the static network whose
-kernels are the layers' own cells, EMA copies, and one forward/backward of the full network at 32 px.
+kernels are the layers' own cells, EMA copies, and one forward of the full network at 32 px.
 (The KW row's count and released layout, bare and in the training format, are tests/test_kw_models.py's, which
 covers every released row.)"""
 from __future__ import annotations
@@ -137,11 +137,11 @@ def test_trains_a_step_and_the_ema_copy_owns_its_warehouses():
 
 
 @pytest.mark.slow  # the per-sample kernel assembly mixes ~1.2 G multiply-adds per sample, on CPU
-def test_full_convnext_tiny_forward_backward_at_32px():
+def test_full_convnext_tiny_forward_at_32px():
+    """The full network runs (gradients: the small network above, same definition)."""
     torch.manual_seed(0)
-    model = timm.create_model("kw_convnext_tiny", num_classes=10)
+    model = timm.create_model("kw_convnext_tiny", num_classes=10).eval()
     assert count_params(model) == 39_370_674 - 990 * 768 - 990  # the 1000-class head replaced by a 10-class one
-    out = model(torch.randn(1, 3, 32, 32))  # no batch statistics anywhere (LayerNorm): one sample is a real run
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 32, 32))  # no batch statistics anywhere (LayerNorm): one sample is a real run
     assert out.shape == (1, 10) and torch.isfinite(out).all()
-    out.square().sum().backward()
-    assert all(torch.isfinite(w.grad).all() and w.grad.abs().sum() > 0 for w in model.warehouse_manager.weights)
