@@ -1,9 +1,10 @@
 """The paper's backbone zoo (ResNet18/34/50/101, MobileNetV2 0.5/0.75/1.0; static, ODConv, CondConv, DyConv),
-KernelWarehouse's ResNet18/50 and MobileNetV2 0.5/1.0 and the released DCD networks, registered with timm, and the
-one parameter/MAC counter (models.complexity)."""
+KernelWarehouse's ResNet18/50, MobileNetV2 0.5/1.0 and ConvNeXt-T (and its static twin) and the released DCD
+networks, registered with timm, and the one parameter/MAC counter (models.complexity)."""
 from . import published
 from .checkpoint import CheckpointMismatchError, extract_state_dict, load_checkpoint, load_state_dict_checked, read_state_dict
 from .complexity import count_params
+from .convnext import ConvNeXt, static_convnext_tiny
 from .dcd import DCDMobileNetV2, DCDResNet
 from .kw import KW_BUILDERS, KW_MODEL_NAMES
 from .mobilenetv2 import MobileNetV2
@@ -15,6 +16,7 @@ globals().update(KW_BUILDERS)  # models.od_resnet50(kernel_num=4) as well as tim
 
 __all__ = [
     "BUILDERS", "DCD_MODEL_NAMES", "KW_BUILDERS", "KW_MODEL_NAMES", "MODEL_NAMES", "CheckpointMismatchError",
-    "DCDMobileNetV2", "DCDResNet", "MobileNetV2", "ResNet", "count_params", "extract_state_dict",
-    "load_checkpoint", "load_state_dict_checked", "published", "read_state_dict", *BUILDERS, *KW_BUILDERS,
+    "ConvNeXt", "DCDMobileNetV2", "DCDResNet", "MobileNetV2", "ResNet", "count_params", "extract_state_dict",
+    "load_checkpoint", "load_state_dict_checked", "published", "read_state_dict", "static_convnext_tiny", *BUILDERS,
+    *KW_BUILDERS,
 ]

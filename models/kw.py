@@ -1,9 +1,9 @@
-"""KernelWarehouse networks: the zoo's ResNet and MobileNetV2 with KW convs, their warehouses as released.
+"""KernelWarehouse networks: the zoo's ResNet, MobileNetV2 and ConvNeXt-T with KW convs, their warehouses as released.
 
 Li, Yao. "KernelWarehouse: Rethinking the Design of Dynamic Convolution." ICML 2024 (github.com/OSVAI/KernelWarehouse,
-models/kw_resnet.py, kw_mobilenetv2.py, kw1d2x_mobilenetv2.py, configs/*.json).
+models/kw_resnet.py, kw_mobilenetv2.py, kw1d2x_mobilenetv2.py, kw_convnext.py, configs/*.json).
 
-The architectures are models/resnet.py and models/mobilenetv2.py, built with a conv factory that gives KW convs
+The architectures are models/resnet.py, models/mobilenetv2.py and models/convnext.py, built with a conv factory that gives KW convs
 without cells. Then, as the released `Warehouse_Manager` protocol does after the network exists, each KW conv is
 registered under the warehouse name the released code gives it (a re-statement of its naming rule from the module's
 place in the network), the few convs the release leaves static are made static, and the warehouses are created and
@@ -19,6 +19,10 @@ relative to the static convs they replace):
   the whole first block of a KW stage uses the previous stage's warehouses. 1x: one pw and one dw warehouse per
   stage; 2x, 4x: pw-expand, dw and pw-linear warehouses per stage. 1/2x is its own released network: the pw convs
   of KW stages 1-5 static, the classifier a KWLinear, per-warehouse settings, attention reduction 1/32.
+- ConvNeXt-T (released: 1x): every conv is KW (stem, the three downsampling convs, each block's 7x7 depthwise and
+  both pointwise convs), with bias; the attention's norm is LayerNorm (fc1 with bias). Warehouses: the stem's, one
+  per downsampling conv, and per stage one dw and one pw warehouse (12). cell_num_ratio b, cells of the full gcd;
+  2x and 4x follow that rule but were not released.
 
 The released training script passes `--dropout` (default 0) to every model, so the KW builders' dropout default is
 0. State-dict names are the released ones (`warehouse_manager.weights.{k}`; MobileNetV2 1x/2x/4x name their
@@ -35,6 +39,7 @@ from torch import nn
 
 from odconv import KWConvNd, KWLinear, WarehouseManager, build_warehouses, create_dynamic_conv
 
+from .convnext import ConvNeXt, convnext_cfg
 from .mobilenetv2 import INVERTED_RESIDUAL_SETTING, MobileNetV2
 from .registry import _cfg
 from .resnet import ResNet
@@ -43,10 +48,10 @@ for _cls in (KWConvNd, KWLinear):  # as the other dynamic convs: FX tracing keep
     register_notrace_module(_cls)
 
 KW_RATIOS = (0.25, 0.5, 1, 2, 4)
-KW_ARCHS = ("resnet18", "resnet50", "mobilenetv2_050", "mobilenetv2_100")
+KW_ARCHS = ("resnet18", "resnet50", "mobilenetv2_050", "mobilenetv2_100", "convnext_tiny")
 # The released ImageNet rows (README): architecture -> kw_ratio values.
 RELEASED = {"resnet18": (0.25, 0.5, 1, 2, 4), "resnet50": (0.5, 1, 4), "mobilenetv2_100": (0.5, 1, 4),
-            "mobilenetv2_050": (0.5, 1, 4)}
+            "mobilenetv2_050": (0.5, 1, 4), "convnext_tiny": (1,)}
 KW_STAGES = (1, 2, 3, 4, 5, 6, 6)  # released kw_stage_setting: the KW stage of each inverted-residual group
 # kw1d2x_mobilenetv2.py: per warehouse, in registration order (stem, dw 1-5, stage-6 pw0, dw, pw1, classifier).
 MOBILENETV2_HALF = dict(reduction=0.03125, cell_num_ratio=(1, 1, 1, 1, 1, 1, 0.5, 1, 0.5, 0.5),
@@ -66,6 +71,12 @@ def manager_settings(arch: str, kw_ratio: float) -> dict[str, Any]:
                              "rule; below 1 only the hand-designed 1/2x exists)")
         return dict(reduction=0.0625, cell_num_ratio=kw_ratio,
                     sharing_range=("layer", "pwconv") if kw_ratio == 1 else ("layer",))
+    if arch.startswith("convnext"):
+        if kw_ratio < 1:
+            raise ValueError(f"kw_{arch} has no kw_ratio {kw_ratio} (released: {list(RELEASED[arch])}; 2 and 4 follow "
+                             "its rule, cell_num_ratio b; below 1 no rule was released)")
+        # configs/convnext/kw1x_convnext_tiny.json; the LayerNorm trunk is the released model's norm_layer
+        return dict(reduction=0.0625, cell_num_ratio=kw_ratio, sharing_range=("layer", "pwconv"), norm="layer")
     cell = 0.5 if kw_ratio < 1 else 1.0
     settings = dict(reduction=0.0625, cell_num_ratio=kw_ratio, cell_inplane_ratio=cell, cell_outplane_ratio=cell,
                     sharing_range=("layer", "conv"))
@@ -87,6 +98,29 @@ def kw_strided_shortcut(in_channels: int, out_channels: int, kernel_size: int, s
     if stride == 1:
         return nn.Conv2d(in_channels, out_channels, kernel_size, bias=False, device=device, dtype=dtype)
     return kw_conv(in_channels, out_channels, kernel_size, stride, groups, device=device, dtype=dtype)
+
+
+def kw_patch_conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1,
+                  padding: int = 0, *, device: Any = None, dtype: Any = None) -> nn.Module:
+    """ConvNeXt's factory (models.convnext.PatchConvFactory): a KW conv with bias, without cells."""
+    return create_dynamic_conv("kw", in_channels, out_channels, kernel_size, stride, padding, groups, bias=True,
+                               device=device, dtype=dtype)
+
+
+def convnext_warehouse(name: str, module: nn.Module) -> str:
+    """The released warehouse name of the KW conv `name` of a ConvNeXt (kw_convnext.py: the stem's
+    `stagestem_conv0`, downsampling conv i's `stage{i-1}_layerds_conv0`, a block's `stage{i}_layer{j}_dwconv0`,
+    `..._pwconv1`, `..._pwconv2`)."""
+    if name == "downsample_layers.0.0":
+        return "stagestem_conv0"
+    m = re.fullmatch(r"downsample_layers\.(\d)\.1", name)
+    if m:
+        return f"stage{int(m.group(1)) - 1}_layerds_conv0"
+    m = re.fullmatch(r"stages\.(\d)\.(\d+)\.(dwconv|pwconv1|pwconv2)", name)
+    if m is None:
+        raise ValueError(f"{name} is not a conv of a ConvNeXt")
+    kind = m.group(3)
+    return f"stage{m.group(1)}_layer{m.group(2)}_" + ("dwconv0" if kind == "dwconv" else kind)
 
 
 def resnet_warehouse(name: str, bottleneck: bool) -> Optional[str]:
@@ -171,10 +205,13 @@ def _released_classifier_names(model: MobileNetV2) -> None:
     model.register_load_state_dict_pre_hook(load)
 
 
-default_cfgs = generate_default_cfgs({
-    "kw_" + arch: _cfg("conv1", "fc") if arch.startswith("resnet") else _cfg("features.0.0", "classifier")
-    for arch in KW_ARCHS
-})
+def _kw_cfg(arch: str) -> dict[str, Any]:
+    if arch.startswith("resnet"):
+        return _cfg("conv1", "fc")
+    return convnext_cfg() if arch.startswith("convnext") else _cfg("features.0.0", "classifier")
+
+
+default_cfgs = generate_default_cfgs({"kw_" + arch: _kw_cfg(arch) for arch in KW_ARCHS})
 
 
 def _create_kw(variant: str, arch: str, pretrained: bool, kw_ratio: float, **kwargs):
@@ -191,6 +228,9 @@ def _create_kw(variant: str, arch: str, pretrained: bool, kw_ratio: float, **kwa
         model = build_model_with_cfg(ResNet, variant, False, depth=int(arch[6:]), conv=kw_conv,
                                      shortcut_conv=kw_strided_shortcut, dropout=dropout, **kwargs)
         warehouse_of = lambda name, layer: resnet_warehouse(name, model.depth >= 50)  # noqa: E731
+    elif arch.startswith("convnext"):
+        model = build_model_with_cfg(ConvNeXt, variant, False, conv=kw_patch_conv, dropout=dropout, **kwargs)
+        warehouse_of = convnext_warehouse
     else:
         model = build_model_with_cfg(MobileNetV2, variant, False, width_mult=int(arch[-3:]) / 100, conv=kw_conv,
                                      stem_conv=kw_conv, dropout=dropout, **kwargs)
@@ -228,6 +268,12 @@ def kw_mobilenetv2_050(pretrained: bool = False, kw_ratio: float = 1, **kwargs) 
 def kw_mobilenetv2_100(pretrained: bool = False, kw_ratio: float = 1, **kwargs) -> MobileNetV2:
     """MobileNetV2 (1.0x) with KernelWarehouse convs (released: `kw_ratio` 1/2, 1, 4; 2 by 4's rule)."""
     return _create_kw("kw_mobilenetv2_100", "mobilenetv2_100", pretrained, kw_ratio, **kwargs)
+
+
+@register_model
+def kw_convnext_tiny(pretrained: bool = False, kw_ratio: float = 1, **kwargs) -> ConvNeXt:
+    """ConvNeXt-T with KernelWarehouse convs (released: `kw_ratio` 1; 2 and 4 by its rule)."""
+    return _create_kw("kw_convnext_tiny", "convnext_tiny", pretrained, kw_ratio, **kwargs)
 
 
 KW_MODEL_NAMES = tuple("kw_" + arch for arch in KW_ARCHS)

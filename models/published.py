@@ -117,6 +117,8 @@ KW_ROWS: dict[tuple[str, float], KWRow] = {
     ("mobilenetv2_050", 0.5): KWRow("MobileNetV2 (0.5x) + KW (1/2x)", 1.47, 65.20, 85.98),
     ("mobilenetv2_050", 1): KWRow("MobileNetV2 (0.5x) + KW (1x)", 2.85, 68.29, 87.93),
     ("mobilenetv2_050", 4): KWRow("MobileNetV2 (0.5x) + KW (4x)", 4.65, 70.26, 89.19),
+    ("convnext_tiny", 0): KWRow("ConvNeXt-T", 28.59, 82.07, 95.86),
+    ("convnext_tiny", 1): KWRow("ConvNeXt-T + KW (1x)", 39.37, 82.51, 96.07),
 }
 
 

@@ -32,7 +32,7 @@ FAMILIES = (
     ("ODConv (4x)", "od_", {"kernel_num": 4}),
     ("CondConv (8x)", "condconv_", {"num_experts": 8}),
     ("DyConv (4x)", "dyconv_", {"kernel_num": 4}),
-    ("KW (1x)", "kw_", {"kw_ratio": 1}),  # only for the architectures KernelWarehouse released
+    ("KW (1x)", "kw_", {"kw_ratio": 1}),  # only for the rows KernelWarehouse released
     ("KW (4x)", "kw_", {"kw_ratio": 4}),
     ("DCD", "dcd_", {}),  # the released DCD networks (ResNets and MobileNetV2 1.0x only)
 )
@@ -92,8 +92,11 @@ def family_rows(archs: list[str]) -> list[dict]:
         static_macs = None
         for label, prefix, layer_kwargs in FAMILIES:
             name = prefix + arch
-            if prefix == "kw_" and name not in models.KW_MODEL_NAMES:
-                continue
+            if prefix == "kw_" and (name not in models.KW_MODEL_NAMES or
+                                    layer_kwargs["kw_ratio"] not in models.kw.RELEASED[arch]):
+                continue  # KW rows only where released (ConvNeXt-T: 1x)
+            if not timm.is_model(name):
+                continue  # ConvNeXt-T has only its static and KW networks
             if prefix == "dcd_" and name not in models.DCD_MODEL_NAMES:
                 continue
             model = _meta_model(name, **layer_kwargs)
@@ -179,7 +182,7 @@ def format_markdown(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    archs = list(models.registry.ARCHS)
+    archs = [*models.registry.ARCHS, "convnext_tiny"]  # ConvNeXt-T: KernelWarehouse's rows only
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", nargs="+", default=archs, choices=archs, help="architectures to count")
     parser.add_argument("--out", type=Path, help="also write the Markdown table to this file")

@@ -1,9 +1,10 @@
 """The state-dict layout (key -> shape) of the released KernelWarehouse ImageNet models, re-stated from the released
-code (OSVAI/KernelWarehouse models/kw_resnet.py, kw_mobilenetv2.py, kw1d2x_mobilenetv2.py; modules/
-kernel_warehouse.py `Warehouse_Manager.reserve/store`, `KWconvNd.init_attention`, `Attention.__init__`) without
-using models/kw.py: the constructors' `reserve()` calls in their order, the fused warehouse names, the gcd cell
-shapes and the attention's parameter shapes. The static parts (stem, BatchNorms, classifier) are torchvision's
-names, taken from the zoo's static twin."""
+code (OSVAI/KernelWarehouse models/kw_resnet.py, kw_mobilenetv2.py, kw1d2x_mobilenetv2.py, kw_convnext.py,
+convnext.py; modules/kernel_warehouse.py `Warehouse_Manager.reserve/store`, `KWconvNd.init_attention`,
+`Attention.__init__`) without using models/kw.py: the constructors' `reserve()` calls in their order, the fused
+warehouse names, the gcd cell shapes and the attention's parameter shapes. The static parts of ResNet and
+MobileNetV2 (stem, BatchNorms, classifier) are torchvision's names, taken from the zoo's static twin; ConvNeXt's are
+written out here from the released constructors (no twin of ours involved)."""
 from __future__ import annotations
 
 import math
@@ -25,7 +26,11 @@ SETTINGS = {  # config JSONs (and the 1/2x MobileNetV2 constructor's hard-coded 
     ("mobilenetv2", 0.5): dict(red=0.03125, num=(1, 1, 1, 1, 1, 1, 0.5, 1, 0.5, 0.5),
                                inp=(1, 1, 1, 1, 1, 1, 0.5, 1, 0.5, 0.025), out=(1, 1, 1, 1, 1, 1, 0.5, 1, 0.5, 1),
                                share=tuple("layer")),
+    # configs/convnext/kw1x_convnext_tiny.json passes sharing_range as the string "layer_pwconv", which the released
+    # fuse_warehouse_name iterates character by character: kept as given, it groups as ("layer", "pwconv") would.
+    ("convnext", 1): dict(red=0.0625, num=1, inp=1, out=1, share="layer_pwconv", norm="layer"),
 }
+CONVNEXT_TINY = dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768))
 
 
 def resnet_reserves(depth: int) -> list[Reserve]:
@@ -96,6 +101,47 @@ def mobilenetv2_reserves(width: float, half: bool, num_classes: int = 1000) -> l
     return calls
 
 
+def convnext_reserves(depths=CONVNEXT_TINY["depths"], dims=CONVNEXT_TINY["dims"]) -> list[Reserve]:
+    """kw_convnext.py: the stem, the three downsampling convs, then per block dwconv, pwconv1, pwconv2; every
+    reserve() keeps its default bias=True."""
+    calls: list[Reserve] = [("downsample_layers.0.0", 3, dims[0], 4, 1, "stagestem_conv0", True, "conv2d")]
+    for i in range(3):
+        calls.append((f"downsample_layers.{i + 1}.1", dims[i], dims[i + 1], 2, 1, f"stage{i}_layerds_conv0", True,
+                      "conv2d"))
+    for i, (depth, dim) in enumerate(zip(depths, dims)):
+        for j in range(depth):
+            p, w = f"stages.{i}.{j}.", f"stage{i}_layer{j}_"
+            calls += [(p + "dwconv", dim, dim, 7, dim, w + "dwconv0", True, "conv2d"),
+                      (p + "pwconv1", dim, 4 * dim, 1, 1, w + "pwconv1", True, "conv2d"),
+                      (p + "pwconv2", 4 * dim, dim, 1, 1, w + "pwconv2", True, "conv2d")]
+    return calls
+
+
+def convnext_static_layout(kw: bool, num_classes: int = 1000, depths=CONVNEXT_TINY["depths"],
+                           dims=CONVNEXT_TINY["dims"]) -> dict[str, tuple[int, ...]]:
+    """The released ConvNeXt's non-conv parameters (LayerNorms, layer scale, head), and with `kw=False` its convs
+    as the static models/convnext.py has them (pointwise layers `nn.Linear`, gamma (C,); kw_convnext.py: gamma
+    (1, C, 1, 1))."""
+    out: dict[str, tuple[int, ...]] = {}
+    out["downsample_layers.0.0.weight"], out["downsample_layers.0.0.bias"] = (dims[0], 3, 4, 4), (dims[0],)
+    out["downsample_layers.0.1.weight"] = out["downsample_layers.0.1.bias"] = (dims[0],)
+    for i in range(3):
+        p = f"downsample_layers.{i + 1}."
+        out[p + "0.weight"] = out[p + "0.bias"] = (dims[i],)
+        out[p + "1.weight"], out[p + "1.bias"] = (dims[i + 1], dims[i], 2, 2), (dims[i + 1],)
+    for i, (depth, d) in enumerate(zip(depths, dims)):
+        for j in range(depth):
+            p = f"stages.{i}.{j}."
+            out[p + "dwconv.weight"], out[p + "dwconv.bias"] = (d, 1, 7, 7), (d,)
+            out[p + "norm.weight"] = out[p + "norm.bias"] = (d,)
+            out[p + "pwconv1.weight"], out[p + "pwconv1.bias"] = (4 * d, d), (4 * d,)
+            out[p + "pwconv2.weight"], out[p + "pwconv2.bias"] = (d, 4 * d), (d,)
+            out[p + "gamma"] = (1, d, 1, 1) if kw else (d,)
+    out["norm.weight"] = out["norm.bias"] = (dims[-1],)
+    out["head.weight"], out["head.bias"] = (num_classes, dims[-1]), (num_classes,)
+    return out
+
+
 def _fuse(name: str, share) -> str:
     parts = []
     for part in name.split("_"):
@@ -112,7 +158,9 @@ def _per(value, k: int) -> float:
 
 def kw_layout(calls: list[Reserve], settings: dict, nonlocal_basis: float = 1.0) -> dict[str, tuple[int, ...]]:
     """Keys and shapes of the KW parts: `warehouse_manager.weights.{k}` and each KW layer's attention (and the
-    static convs' weights, for layers reserved with enabled=False)."""
+    static convs' weights, for layers reserved with enabled=False). The attention's trunk: fc1 without bias and
+    BatchNorm1d, or (norm "layer", ConvNeXt) fc1 with bias and LayerNorm."""
+    layer_norm = settings.get("norm") == "layer"
     out: dict[str, tuple[int, ...]] = {}
     warehouses: dict[str, list[Reserve]] = {}
     for call in calls:
@@ -137,9 +185,12 @@ def kw_layout(calls: list[Reserve], settings: dict, nonlocal_basis: float = 1.0)
         h = max(int(cin * _per(settings["red"], k)), 16)
         m = cout // c_out * (cin // groups // c_in) * ks ** dims
         out[p + "fc1.weight"] = (h, cin)
-        for s in ("weight", "bias", "running_mean", "running_var"):
-            out[p + "norm1." + s] = (h,)
-        out[p + "norm1.num_batches_tracked"] = ()
+        if layer_norm:
+            out[p + "fc1.bias"] = out[p + "norm1.weight"] = out[p + "norm1.bias"] = (h,)
+        else:
+            for s in ("weight", "bias", "running_mean", "running_var"):
+                out[p + "norm1." + s] = (h,)
+            out[p + "norm1.num_batches_tracked"] = ()
         if nonlocal_basis < 1:
             local = int(_per(settings["num"], k) * m)
             basis = max(int((n - local) * nonlocal_basis), 16)
@@ -156,7 +207,15 @@ def kw_layout(calls: list[Reserve], settings: dict, nonlocal_basis: float = 1.0)
 
 def released_layout(arch: str, kw_ratio: float, static_state: dict) -> dict[str, tuple[int, ...]]:
     """The released model's state dict (key -> shape) for `arch` at `kw_ratio`; `static_state` is the static
-    twin's state dict (its stem, BatchNorms and classifier are the released names)."""
+    twin's state dict (its stem, BatchNorms and classifier are the released names; not used for ConvNeXt)."""
+    if arch.startswith("convnext"):
+        calls = convnext_reserves()
+        layout = convnext_static_layout(kw=True)
+        for call in calls:
+            layout.pop(call[0] + ".weight")
+            layout.pop(call[0] + ".bias")
+        layout.update(kw_layout(calls, SETTINGS[("convnext", kw_ratio)]))
+        return layout
     if arch.startswith("resnet"):
         calls = resnet_reserves(int(arch[6:]))
         settings = SETTINGS[("resnet", kw_ratio)]

@@ -181,7 +181,7 @@ def test_one_kw_experiment_per_released_row():
 
 
 # Released per-row settings (configs/*/*.json): drop path, label smoothing, mixup/cutmix.
-KW_DROP_PATH = {"kw_resnet18_1d4x": 0.0, "kw_resnet18_1d2x": 0.0, "kw_baseline_resnet18": 0.0}
+KW_DROP_PATH = {"kw_resnet18_1d4x": 0.0, "kw_resnet18_1d2x": 0.0, "kw_baseline_resnet18": 0.0, "kw_convnext_tiny": 0.3}
 KW_SMOOTHED = {"kw_mobilenetv2_100", "kw_mobilenetv2_100_4x", "kw_mobilenetv2_050_4x"}
 
 
@@ -191,7 +191,7 @@ def test_kw_experiment_composes_with_the_released_recipe(name):
 
     c = validate(compose_cfg([f"experiment={name}"]))
     assert c.run_name == name
-    resnet = "resnet" in name
+    resnet = "resnet" in name or "convnext" in name  # the ConvNeXt-style AdamW recipe
     ratio = c.model.kw_ratio or 0
     assert (c.model.name.removeprefix("kw_").removeprefix("static_"), ratio) in KW_ROWS
     assert (c.data.format, c.data.img_size) == ("folder", 224) and _built_dropout(c) == 0.0
@@ -205,6 +205,8 @@ def test_kw_experiment_composes_with_the_released_recipe(name):
         assert (c.data.auto_augment, c.data.reprob, c.data.label_smoothing) == ("rand-m9-mstd0.5-inc1", 0.25, 0.1)
         assert (c.data.mixup, c.data.cutmix) == ((0.0, 0.0) if name == "kw_resnet18_1d4x" else (0.8, 1.0))
         assert c.model.drop_path_rate == KW_DROP_PATH.get(name, 0.1)
+        # the released ConvNeXt configs add the weight EMA (model_ema, decay 0.9999, evaluated every epoch)
+        assert (c.trainer.ema, c.trainer.ema_decay) == ((True, 0.9999) if "convnext" in name else (False, 0.9998))
     else:
         assert (c.trainer.epochs, c.optim.name, c.optim.nesterov, lr_for(c), c.optim.weight_decay) == (
             150, "sgd", True, 0.05, 4e-5)

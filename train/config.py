@@ -25,7 +25,7 @@ class ModelConfig:
     """What `timm.create_model` receives. Every key but `name` and the temperature schedule is an argument of the zoo's
     builders; unset (None) keys are not passed, so the builder's default holds (one source for each default)."""
     # timm name of a zoo model: od_, condconv_, dyconv_, static_ or dcd_ + resnet18 ... mobilenetv2_100; kw_ +
-    # resnet18, resnet50, mobilenetv2_050 or mobilenetv2_100
+    # resnet18, resnet50, mobilenetv2_050, mobilenetv2_100 or convnext_tiny (and static_convnext_tiny)
     name: str = MISSING
     kernel_num: Optional[int] = None  # od_ / dyconv_: kernels per layer; 0 marks a static model (not passed)
     reduction: Optional[float] = None  # od_ / dyconv_: attention hidden width = in_channels * reduction
@@ -37,7 +37,8 @@ class ModelConfig:
     num_experts: Optional[int] = None  # condconv_: experts per layer
     kw_ratio: Optional[float] = None  # kw_: KernelWarehouse's parameter budget, 0.25 | 0.5 | 1 | 2 | 4 (released "b x")
     dropout: Optional[float] = None  # before the classifier
-    drop_path_rate: Optional[float] = None  # ResNet: stochastic depth on every residual branch (KernelWarehouse recipe)
+    # ResNet: stochastic depth on every residual branch; ConvNeXt: rising linearly to this rate (KernelWarehouse recipes)
+    drop_path_rate: Optional[float] = None
     temperature_init: float = 30.0  # attention temperature annealed linearly to temperature_end ...
     temperature_epochs: float = 10.0  # ... over this many epochs, per iteration (released recipe; 0 = no annealing)
     # ODConv/DyConv: 1 (no temperature). kw_: the temperature is tau, the weight of the initial cell assignment,
