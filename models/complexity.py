@@ -220,9 +220,9 @@ class _SkipInit(TorchFunctionMode):
     write, and torch runs its meta random fills through Python (tens of ms each, seconds per network)."""
 
     # nn.init's own functions too: a mode does not see the calls made inside a function it passed on.
-    FILLS = {Tensor.normal_, Tensor.uniform_, Tensor.fill_, Tensor.zero_, Tensor.copy_, Tensor.erfinv_,
-             Tensor.exponential_, Tensor.bernoulli_, Tensor.random_,
-             *(getattr(nn.init, n) for n in dir(nn.init) if n.endswith("_") and not n.startswith("_"))}
+    FILLS = frozenset({Tensor.normal_, Tensor.uniform_, Tensor.fill_, Tensor.zero_, Tensor.copy_, Tensor.erfinv_,
+                       Tensor.exponential_, Tensor.bernoulli_, Tensor.random_,
+                       *(getattr(nn.init, n) for n in dir(nn.init) if n.endswith("_") and not n.startswith("_"))})
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

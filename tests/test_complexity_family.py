@@ -188,7 +188,8 @@ def test_a_layer_built_on_meta_leaves_the_cpu_layers_intact():
 
 @pytest.mark.parametrize("make, x", [
     (lambda: ODConv1d(8, 12, 5, stride=2, padding=2), torch.zeros(1, 8, 21)),
-    (lambda: ODConv3d(4, 8, (3, 1, 3), stride=(2, 1, 1), padding=(1, 0, 2), dilation=(1, 1, 2)), torch.zeros(1, 4, 5, 3, 4)),
+    (lambda: ODConv3d(4, 8, (3, 1, 3), stride=(2, 1, 1), padding=(1, 0, 2), dilation=(1, 1, 2)),
+     torch.zeros(1, 4, 5, 3, 4)),
     (lambda: _fdconv(32, 32, 3, stride=2, padding=1, kernel_num=4), torch.zeros(1, 32, 9, 9)),
     (lambda: _fdconv(32, 32, 3, padding="same", kernel_num=4), torch.zeros(1, 32, 5, 7)),
 ])
