@@ -136,3 +136,40 @@ def paper_row(model_name: str, kernel_num: int) -> Optional[PaperRow]:
         return None  # the ODConv paper's table has no DCD row
     k = 0 if model_name.startswith("static_") else kernel_num
     return PAPER_ROWS.get((architecture(model_name), k))
+
+
+class FamilyRow(NamedTuple):
+    """One member's published comparison row on a ResNet50 backbone, COCO val2017 (FDConv paper, Table 1)."""
+
+    label: str
+    params: Optional[float]  # millions over the static backbone (None: not printed)
+    gflops: Optional[float]  # GFLOPs over the static detector (None: not printed); the input size is not stated
+    faster_box: Optional[float]  # Faster R-CNN 1x box AP
+    mask_box: Optional[float]  # Mask R-CNN 1x (AdamW) box AP
+    mask_mask: Optional[float]  # Mask R-CNN 1x (AdamW) mask AP
+    note: str = ""  # how the published overhead relates to ours (checked by tests/test_complexity.py)
+
+
+# Chen et al., "Frequency Dynamic Convolution for Dense Image Prediction", CVPR 2025, Table 1 (arXiv 2503.18783v2;
+# the same rows in github.com/Linwei-Chen/FDConv README L32-45; its KW and Mask R-CNN baseline rows equal the
+# KernelWarehouse README's). Backbone ResNet50 (23.5M); baselines 43.80M / 207.1 GFLOPs (Faster R-CNN) and
+# 46.5M / 260.1 GFLOPs (Mask R-CNN). Keyed by the member's zoo prefix and its kernel count (0 where it has none);
+# the paper prints one overhead per member for both detectors.
+FAMILY_COCO_ROWS: dict[tuple[str, int], FamilyRow] = {
+    ("static_", 0): FamilyRow("ResNet50", None, None, 37.2, 39.6, 36.4),
+    ("condconv_", 8): FamilyRow(
+        "+ CondConv (8x)", 90.0, 0.01, 38.1, None, None,
+        "published +90.0M = CondConv in the last three residual blocks only (layer4, as for the ResNet18 "
+        "comparison row): 7 more kernels for each of their convs (89,915,392) and a routing FC per conv "
+        "(65,608): 89,981,000; ours puts CondConv in every residual-block conv"),
+    ("dyconv_", 4): FamilyRow(
+        "+ DyConv (4x)", 75.3, 0.16, 38.3, 39.6, 36.6,
+        "published +75.3M = ours + DyConv in the four 1x1 shortcut convs (all convs but the stem, as the DyConv "
+        "paper and the ResNet18 comparison row)"),
+    ("dcd_", 0): FamilyRow("+ DCD", 4.3, 0.13, 38.1, None, None,
+                           "published +4.3M = ours with the dynamic classifier (see the DCD row of the family table)"),
+    ("od_", 4): FamilyRow("+ ODConv (4x)", 65.1, 0.35, 39.2, 42.1, 38.6),
+    ("kw_", 1): FamilyRow("+ KW (1x)", 2.5, None, None, 41.8, 38.4),
+    ("kw_", 4): FamilyRow("+ KW (4x)", 76.5, None, None, 42.4, 38.9),
+    ("fd_", 64): FamilyRow("+ FDConv", 3.6, 1.8, 39.4, 42.4, 38.6),
+}

@@ -131,8 +131,8 @@ class FDConv2d(nn.Conv2d):
         order = radial_order(rows, cols).reshape(2, kernel_num, -1)
         self.register_buffer("indices", order.unsqueeze(0).repeat(param_ratio, 1, 1, 1).to(device), persistent=False)
         # band_of[r, c]: the band of spectrum entry (r, c) (the inverse of `indices`), to scale it in one gather.
-        band_of = torch.empty(rows, cols // 2 + 1, dtype=torch.long)
-        band_of[order[0], order[1]] = torch.arange(kernel_num).unsqueeze(1).expand_as(order[0])
+        band_of = torch.empty(rows, cols // 2 + 1, dtype=torch.long, device="cpu")  # `order` is on the CPU
+        band_of[order[0], order[1]] = torch.arange(kernel_num, device="cpu").unsqueeze(1).expand_as(order[0])
         self.register_buffer("band_of", band_of.to(device), persistent=False)
         if convert_param:
             self.dft_weight = nn.Parameter(dft_weight_from_weight(self.weight.detach(), param_ratio))

@@ -19,10 +19,11 @@ from torch import Tensor, nn
 GATE_ACTS = ("sigmoid", "tanh")
 
 
-def rfft2_frequencies(rows: int, cols: int) -> Tensor:
+def rfft2_frequencies(rows: int, cols: int, device=None) -> Tensor:
     """(rows, cols//2+1, 2) float32 grid of the (row, column) frequencies of `torch.fft.rfft2` of a rows x cols
     signal, in cycles per sample (fftfreq along rows, rfftfreq along columns)."""
-    grid = torch.meshgrid(torch.fft.fftfreq(rows), torch.fft.rfftfreq(cols), indexing="ij")
+    grid = torch.meshgrid(torch.fft.fftfreq(rows, device=device), torch.fft.rfftfreq(cols, device=device),
+                          indexing="ij")
     return torch.stack(grid, dim=-1)
 
 
@@ -37,7 +38,8 @@ def radial_order(rows: int, cols: int) -> Tensor:
 
 @functools.lru_cache(maxsize=64)  # a network repeats a few shapes; sorting a large spectrum is not free
 def _radial_order(rows: int, cols: int) -> Tensor:
-    radius = rfft2_frequencies(rows, cols).norm(dim=-1).flatten()
+    # On the CPU whatever the default device (a model built under torch.device("meta") must not cache meta indices).
+    radius = rfft2_frequencies(rows, cols, device="cpu").norm(dim=-1).flatten()
     order = torch.sort(radius, stable=True).indices
     half = cols // 2 + 1
     return torch.stack([order // half, order % half])

@@ -1,61 +1,101 @@
-"""Params and MACs of every zoo model at 224x224, beside the published figures.
+"""Params and MACs of every member of the dynamic-convolution family, beside the published figures.
 
-    python scripts/complexity.py [--arch resnet18 mobilenetv2_100 ...] [--out table.md]
+    python scripts/complexity.py [--arch resnet18 mobilenetv2_100 ...] [--family od kw fd ...] [--out table.md]
 
-Prints three tables: the paper's ODConv rows (ours beside the published figures; rows more than 1% away carry a
-note saying why), then every dynamic-conv family per architecture (static, ODConv 1x/4x, CondConv 8x, DyConv 4x,
-KernelWarehouse 1x/4x and DCD where released) with the published parameter count where a source gives one, then the
-released KernelWarehouse rows (README params and accuracy; no MACs published). MAC convention: see
-models/complexity.py (convs and FC layers as the usual counters, plus every multiply-add of the dynamic convs'
-attentions and aggregation, and DCD's low-rank path).
-Models are built on the meta device: counting needs shapes only, so even CondConv ResNet101 costs no memory.
+Prints up to four tables: the paper's ODConv rows (ours beside the published figures; rows more than 1% away carry
+a note saying why), every family per architecture at 224x224 (static, ODConv 1x/4x, CondConv 8x, DyConv 4x,
+KernelWarehouse 1x/4x and DCD where released, FDConv on the ResNets) with the published parameter count where a
+source gives one, each member on the ResNet50 backbone over the static one beside the FDConv paper's Table 1
+(parameters, FLOPs, COCO AP), and the released KernelWarehouse rows (README params and accuracy; no MACs
+published). `--family` keeps the rows of the given members (the ODConv table needs `od` or `static`, the
+KernelWarehouse table `kw`). MAC convention: models/complexity.py and docs/family.md.
+
+Models are built on the meta device and run once each: counting needs shapes only, so even CondConv ResNet101
+costs no memory, and every (model, settings, input size) is built and counted once per call.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import timm  # noqa: E402
-import torch  # noqa: E402
 
 import models  # noqa: E402
-from models.complexity import count_macs, count_params  # noqa: E402
-from models.published import COMPARISON_ROWS, KW_ROWS, OVERHEAD_ROWS, PAPER_ROWS  # noqa: E402
+from models.complexity import count_macs, count_params, on_meta  # noqa: E402
+from models.published import (  # noqa: E402
+    COMPARISON_ROWS, FAMILY_COCO_ROWS, KW_ROWS, OVERHEAD_ROWS, PAPER_ROWS)
+from odconv import convert_to_fdconv  # noqa: E402
 
-# (family label, model prefix, layer kwargs): the rows of the family table, per architecture.
+# The family table's rows: (member key for --family, label, model prefix, layer kwargs). KW and DCD appear for the
+# architectures they released; FDConv (a converted static network, kernel_num 64 as its detection configs) for the
+# ResNets, where every converted layer's spectrum splits into 64 equal bands.
 FAMILIES = (
-    ("static", "static_", {}),
-    ("ODConv (1x)", "od_", {"kernel_num": 1}),
-    ("ODConv (4x)", "od_", {"kernel_num": 4}),
-    ("CondConv (8x)", "condconv_", {"num_experts": 8}),
-    ("DyConv (4x)", "dyconv_", {"kernel_num": 4}),
-    ("KW (1x)", "kw_", {"kw_ratio": 1}),  # only for the rows KernelWarehouse released
-    ("KW (4x)", "kw_", {"kw_ratio": 4}),
-    ("DCD", "dcd_", {}),  # the released DCD networks (ResNets and MobileNetV2 1.0x only)
+    ("static", "static", "static_", {}),
+    ("od", "ODConv (1x)", "od_", {"kernel_num": 1}),
+    ("od", "ODConv (4x)", "od_", {"kernel_num": 4}),
+    ("condconv", "CondConv (8x)", "condconv_", {"num_experts": 8}),
+    ("dyconv", "DyConv (4x)", "dyconv_", {"kernel_num": 4}),
+    ("kw", "KW (1x)", "kw_", {"kw_ratio": 1}),
+    ("kw", "KW (4x)", "kw_", {"kw_ratio": 4}),
+    ("dcd", "DCD", "dcd_", {}),
+    ("fd", "FDConv", "fd_", {"kernel_num": 64}),
 )
+MEMBERS = tuple(dict.fromkeys(f[0] for f in FAMILIES))
+DETECTION_INPUT = (3, 800, 1280)  # the usual detection FLOPs input (mmdet's get_flops: 1280 x 800)
 
 
-def _build(arch: str, kernel_num: int, **kwargs):
-    name = f"od_{arch}" if kernel_num else f"static_{arch}"
-    extra = {"kernel_num": kernel_num} if kernel_num else {}
-    return timm.create_model(name, **extra, device="meta", **kwargs)
+def available(prefix: str, arch: str) -> bool:
+    """Whether the zoo builds `prefix + arch` (KW and DCD only where released, FDConv on the ResNets)."""
+    if prefix == "kw_":
+        return prefix + arch in models.KW_MODEL_NAMES
+    if prefix == "dcd_":
+        return prefix + arch in models.DCD_MODEL_NAMES
+    if prefix == "fd_":
+        return arch.startswith("resnet")
+    return True
+
+
+def build(name: str, **kwargs):
+    """A model on the meta device (shapes only: no memory, nothing computed). `fd_<arch>` is the static network
+    converted by `odconv.convert_to_fdconv` (stem and shortcuts static, as released), `kernel_num` its bands."""
+    with on_meta():  # KW networks create their warehouses after the layers: build all under meta
+        if name.startswith("fd_"):
+            kernel_num = kwargs.pop("kernel_num", 64)
+            return convert_to_fdconv(timm.create_model("static_" + name[3:], **kwargs), kernel_num=kernel_num)
+        return timm.create_model(name, **kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def _counts(name: str, kwargs: tuple, input_size: tuple[int, ...]) -> tuple[int, dict[str, int]]:
+    model = build(name, **dict(kwargs))
+    return count_params(model), count_macs(model, input_size)
+
+
+def counts(name: str, input_size: tuple[int, ...] = (3, 224, 224), **kwargs) -> tuple[int, dict[str, int]]:
+    """(params, MACs by kind) of a model; each (model, kwargs, input size) is built and counted once."""
+    return _counts(name, tuple(sorted(kwargs.items())), tuple(input_size))
+
+
+def _paper_counts(arch: str, kernel_num: int, **kwargs) -> tuple[int, dict[str, int]]:
+    if not kernel_num:
+        return counts(f"static_{arch}", **kwargs)
+    return counts(f"od_{arch}", kernel_num=kernel_num, **kwargs)
 
 
 def table_rows(archs: list[str]) -> list[dict]:
-    """One dict per published row of the given architectures, with our counts and the explanation."""
+    """One dict per published ODConv row of the given architectures, with our counts and the explanation."""
     rows = []
     for (arch, k), paper in PAPER_ROWS.items():
         if arch not in archs:
             continue
-        with torch.no_grad():
-            model = _build(arch, k)
-            macs = count_macs(model)
-            row = dict(label=paper.label, arch=arch, kernel_num=k, params=count_params(model), macs=macs, paper=paper)
-            if arch.startswith("resnet") and arch != "resnet18":
-                row["macs_caffe"] = count_macs(_build(arch, k, style="caffe"))["total"]
+        params, macs = _paper_counts(arch, k)
+        row = dict(label=paper.label, arch=arch, kernel_num=k, params=params, macs=macs, paper=paper)
+        if arch.startswith("resnet") and arch != "resnet18":
+            row["macs_caffe"] = _paper_counts(arch, k, style="caffe")[1]["total"]
         rows.append(row)
     baseline = {r["arch"]: r for r in rows if r["kernel_num"] == 0}
     for r in rows:
@@ -85,42 +125,70 @@ def _note(r: dict, base: dict | None) -> str:
     return note
 
 
-def family_rows(archs: list[str]) -> list[dict]:
-    """One dict per (architecture, family): params, MACs, and the published count where the paper has one."""
+def family_rows(archs: list[str], members: tuple[str, ...] = MEMBERS) -> list[dict]:
+    """One dict per (architecture, family): params, MACs, and the published count where a source has one."""
     rows = []
     for arch in archs:
-        static_macs = None
-        for label, prefix, layer_kwargs in FAMILIES:
-            name = prefix + arch
-            if prefix == "kw_" and (name not in models.KW_MODEL_NAMES or
-                                    layer_kwargs["kw_ratio"] not in models.kw.RELEASED[arch]):
-                continue  # KW rows only where released (ConvNeXt-T: 1x)
-            if not timm.is_model(name):
-                continue  # ConvNeXt-T has only its static and KW networks
-            if prefix == "dcd_" and name not in models.DCD_MODEL_NAMES:
+        static_macs = counts("static_" + arch)[1]["total"]
+        for member, label, prefix, layer_kwargs in FAMILIES:
+            if member not in members or not available(prefix, arch):
                 continue
-            model = _meta_model(name, **layer_kwargs)
-            macs = count_macs(model)["total"]
-            static_macs = static_macs or macs
+            name = prefix + arch
+            if prefix == "kw_" and layer_kwargs["kw_ratio"] not in models.kw.RELEASED[arch]:
+                continue  # KW rows only where released (ConvNeXt-T: 1x)
+            if prefix != "fd_" and not timm.is_model(name):
+                continue  # ConvNeXt-T has only its static and KW networks
+            params, macs = counts(name, **layer_kwargs)
             kernels = next(iter(layer_kwargs.values()), 0)
             paper = PAPER_ROWS.get((arch, kernels if prefix == "od_" else 0)) if prefix in ("od_", "static_") else None
             paper = KW_ROWS.get((arch, kernels)) if prefix == "kw_" else paper
             comparison = COMPARISON_ROWS.get((name, kernels))
             overhead = OVERHEAD_ROWS.get(name)
             rows.append(dict(
-                arch=arch, family=label, name=name, params=count_params(model), macs=macs,
-                macs_over_static=macs / static_macs - 1,
+                arch=arch, family=label, name=name, params=params, macs=macs["total"],
+                macs_over_static=macs["total"] / static_macs - 1,
                 paper_params=paper.params if paper else comparison.params if comparison else None,
                 note=comparison.note if comparison else overhead.note if overhead else "",
             ))
     return rows
 
 
-def _meta_model(name: str, **kwargs):
-    # KW networks create their warehouses after the layers exist (outside timm's device argument): build them
-    # entirely under the meta device.
-    with torch.device("meta"):
-        return timm.create_model(name, **kwargs)
+def overhead_rows(members: tuple[str, ...] = MEMBERS, arch: str = "resnet50") -> list[dict]:
+    """Each member in the ResNet50 backbone (no classifier) over the static one: our parameters and MACs (224x224
+    and the detection input) beside the FDConv paper's Table 1 (overheads and COCO rows)."""
+    base_params, base_224 = counts("static_" + arch, num_classes=0)
+    base_det = counts("static_" + arch, DETECTION_INPUT, num_classes=0)[1]
+    rows = []
+    for member, label, prefix, layer_kwargs in FAMILIES:
+        published = FAMILY_COCO_ROWS.get((prefix, next(iter(layer_kwargs.values()), 0)))
+        if member not in members or published is None or not available(prefix, arch):
+            continue
+        params, macs = counts(prefix + arch, num_classes=0, **layer_kwargs)
+        det = counts(prefix + arch, DETECTION_INPUT, num_classes=0, **layer_kwargs)[1]
+        rows.append(dict(family=label, name=prefix + arch, params=params - base_params,
+                         macs=macs["total"] - base_224["total"], macs_det=det["total"] - base_det["total"],
+                         paper=published))
+    return rows
+
+
+def format_overhead_markdown(rows: list[dict]) -> str:
+    size = "x".join(map(str, DETECTION_INPUT[1:]))
+    lines = [
+        "| Member (ResNet50 backbone) | Model | Params over static (ours) | (published) | MACs over static, 224x224 "
+        f"(ours) | MACs over static, {size} (ours) | FLOPs over static detector (published) "
+        "| Faster R-CNN box AP (published) | Mask R-CNN box / mask AP (published) | Note |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    fmt = lambda v, spec, unit: "-" if v is None else format(v, spec) + unit  # noqa: E731
+    for r in rows:
+        p = r["paper"]
+        mask = "-" if p.mask_box is None else f"{p.mask_box:.1f} / {p.mask_mask:.1f}"
+        lines.append(
+            f"| {'static' if r['family'] == 'static' else r['family']} | `{r['name']}` | {r['params'] / 1e6:+.2f}M "
+            f"| {fmt(p.params, '+.1f', 'M')} | {r['macs'] / 1e6:+.1f}M | {r['macs_det'] / 1e9:+.2f}G "
+            f"| {fmt(p.gflops, '+.2f', 'G')} | {fmt(p.faster_box, '.1f', '')} | {mask} | {p.note} |"
+        )
+    return "\n".join(lines)
 
 
 def kw_rows(archs: list[str]) -> list[dict]:
@@ -129,9 +197,8 @@ def kw_rows(archs: list[str]) -> list[dict]:
     for (arch, ratio), paper in KW_ROWS.items():
         if arch not in archs:
             continue
-        model = _meta_model(f"kw_{arch}", kw_ratio=ratio) if ratio else _meta_model(f"static_{arch}")
-        rows.append(dict(arch=arch, kw_ratio=ratio, params=count_params(model), macs=count_macs(model)["total"],
-                         paper=paper))
+        params, macs = counts(f"kw_{arch}", kw_ratio=ratio) if ratio else counts(f"static_{arch}")
+        rows.append(dict(arch=arch, kw_ratio=ratio, params=params, macs=macs["total"], paper=paper))
     return rows
 
 
@@ -185,12 +252,21 @@ def main(argv: list[str] | None = None) -> int:
     archs = [*models.registry.ARCHS, "convnext_tiny"]  # ConvNeXt-T: KernelWarehouse's rows only
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", nargs="+", default=archs, choices=archs, help="architectures to count")
-    parser.add_argument("--out", type=Path, help="also write the Markdown table to this file")
+    parser.add_argument("--family", nargs="+", default=list(MEMBERS), choices=MEMBERS,
+                        help="members to count (default: all)")
+    parser.add_argument("--out", type=Path, help="also write the Markdown tables to this file")
     args = parser.parse_args(argv)
-    text = format_markdown(table_rows(args.arch)) + "\n\n" + format_family_markdown(family_rows(args.arch))
-    kw = kw_rows(args.arch)
+    members = tuple(args.family)
+    tables = []
+    if {"static", "od"} & set(members):
+        tables.append(format_markdown(table_rows(args.arch)))
+    tables.append(format_family_markdown(family_rows(args.arch, members)))
+    if "resnet50" in args.arch:
+        tables.append(format_overhead_markdown(overhead_rows(members)))
+    kw = kw_rows(args.arch) if "kw" in members else []
     if kw:
-        text += "\n\n" + format_kw_markdown(kw)
+        tables.append(format_kw_markdown(kw))
+    text = "\n\n".join(tables)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")

@@ -142,13 +142,14 @@ def test_complexity_script_prints_the_table(tmp_path):
     assert "undocumented convention" in lines[2]  # the 4x row is 2.2% off and says why
     family = [line for line in proc.stdout.splitlines() if line.startswith("| resnet18 |")]
     assert [line.split(" | ")[1] for line in family] == [
-        "static", "ODConv (1x)", "ODConv (4x)", "CondConv (8x)", "DyConv (4x)", "KW (1x)", "KW (4x)", "DCD"]
+        "static", "ODConv (1x)", "ODConv (4x)", "CondConv (8x)", "DyConv (4x)", "KW (1x)", "KW (4x)", "DCD", "FDConv"]
     assert "| `kw_resnet18` | 11.93M | 11.93M |" in family[5] and "| `kw_resnet18` | 45.86M | 45.86M |" in family[6]
     kw = [line for line in proc.stdout.splitlines() if line.startswith("| ResNet18 + KW")]
     assert len(kw) == 5 and "| 4.03M | 4.08M |" in kw[0] and "the README prints another figure" in kw[0]
     assert "| `condconv_resnet18` | 88.62M | 81.35M | 1903.7M | +4.9% | published count = CondConv in the last" in family[3]
     assert "| `dyconv_resnet18` | 44.93M | 45.47M | 1860.0M | +2.5% | published count = ours + DyConv" in family[4]
     assert "| `dcd_resnet18` | 14.70M | 14.70M | 1886.2M | +4.0% | published count (quoted by MCL" in family[7]
+    assert "| `fd_resnet18` | 12.26M | - |" in family[8]  # converted static ResNet18, 64 bands (no published row)
     assert out.read_text().strip() == proc.stdout.strip()
 
 
