@@ -34,6 +34,28 @@ from odconv import ODConv2d, use_formulation  # noqa: E402
 MODEL_ROWS = [("od_resnet50", 1, 16, 224), ("od_resnet50", 4, 16, 224), ("od_mobilenetv2_100", 1, 16, 224),
               ("od_mobilenetv2_100", 4, 16, 224), ("od_resnet18", 1, 64, 32)]
 DISPATCH_MODES = ("rules", "measured", "auto")
+# The family's later members over the same static twins: (model, k, batch, resolution) with k KernelWarehouse's
+# kw_ratio; DCD and FDConv have no kernel count (k 1: DCD's latent width and FDConv's 64 frequency groups are the
+# builders'). ResNet18 at the proxy study's 32px, ResNet50 at 224px, as the ODConv rows.
+FAMILY_ROWS = [("kw_resnet18", 1, 64, 32), ("kw_resnet18", 4, 64, 32), ("dcd_resnet18", 1, 64, 32),
+               ("fd_resnet18", 1, 64, 32), ("kw_resnet50", 1, 16, 224), ("kw_resnet50", 4, 16, 224),
+               ("dcd_resnet50", 1, 16, 224), ("fd_resnet50", 1, 16, 224)]
+# The builder argument that k sets, per family (the zoo prefix before the first "_").
+_K_ARGUMENT = {"od": "kernel_num", "dyconv": "kernel_num", "condconv": "num_experts", "kw": "kw_ratio"}
+
+
+def static_twin(name: str) -> str:
+    """The static network a zoo model is measured against: od_resnet50 -> static_resnet50."""
+    return "static_" + name.split("_", 1)[1]
+
+
+def build_dynamic(name: str, k: float, num_classes: int = 10) -> nn.Module:
+    """The zoo model `name` with k kernels (ODConv, DyConv), experts (CondConv) or kw_ratio (KernelWarehouse);
+    DCD and FDConv take no k, so only k == 1 is accepted for them."""
+    key = _K_ARGUMENT.get(name.split("_", 1)[0])
+    if key is None and k != 1:
+        raise ValueError(f"{name} has no kernel count; give k 1, got {k}")
+    return timm.create_model(name, num_classes=num_classes, **({key: k} if key else {}))
 
 
 class ReleasedODConv2d(ODConv2d):
@@ -174,7 +196,8 @@ def torchvision_model(name: str) -> nn.Module:
 def model_variants(name: str, k: int, batch: int, res: int, device, train: bool, *, released: bool = True,
                    modes: tuple = (), grouped: bool = False, amp: Optional[str] = None, compile: bool = False,
                    torchvision: bool = False):
-    """name -> (step, forward, params) of one zoo model and its static twin, for `compare`.
+    """name -> (step, forward, params) of one zoo model and its static twin, for `compare`; `k` as in
+    `build_dynamic` (the released variant only means something for ODConv models).
 
     Variants: "static"; "torchvision" (torchvision's own model) if `torchvision`; "ours" (the library's default
     dispatch) when `modes` is empty, else "ours:<mode>" for each dispatch mode (each on its own copy of the same
@@ -182,8 +205,8 @@ def model_variants(name: str, k: int, batch: int, res: int, device, train: bool,
     formulation forced everywhere) if `grouped`.
     The step is forward + cross-entropy (+ backward when `train`), under bf16 autocast when amp == "bf16".
     """
-    static = timm.create_model(name.replace("od_", "static_"), num_classes=10).to(device)
-    od = timm.create_model(name, kernel_num=k, num_classes=10).to(device)
+    static = timm.create_model(static_twin(name), num_classes=10).to(device)
+    od = build_dynamic(name, k).to(device)
     nets: dict[str, tuple[nn.Module, Optional[str], Optional[str]]] = {"static": (static, None, None)}
     if torchvision:
         nets["torchvision"] = (torchvision_model(name).to(device), None, None)

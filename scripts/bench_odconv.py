@@ -9,7 +9,9 @@ minimum time over repeats divided by the static conv's. Two sections:
 - models: training step (forward, cross-entropy, backward) of od_resnet50 1x/4x, od_mobilenetv2_100 1x/4x
   (batch 16, 224px) and od_resnet18 1x (batch 64, 32px) over their static twins; eval at batch 1 and 16. The
   released column runs every ODConv layer of the same model through `ReleasedODConv2d.forward`; with
-  `--dispatch rules measured` one column per ODConv dispatch mode replaces "ours".
+  `--dispatch rules measured` one column per ODConv dispatch mode replaces "ours". Then the family's later
+  members (`bench_measure.FAMILY_ROWS`: KernelWarehouse 1x/4x, DCD, FDConv; ResNet18 at 32px, ResNet50 at 224px)
+  over the same static twins, training step and eval (K is KernelWarehouse's kw_ratio; no released column).
 
 Timing, memory and the released baseline are in `bench_measure.py` (shared with `gpu_check.py`).
 
@@ -34,7 +36,8 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 import bench_measure  # noqa: E402
-from bench_measure import DISPATCH_MODES, MODEL_ROWS, ReleasedODConv2d, compare, model_variants  # noqa: E402
+from bench_measure import (DISPATCH_MODES, FAMILY_ROWS, MODEL_ROWS, ReleasedODConv2d, compare,  # noqa: E402
+                           model_variants)
 from odconv import FORMULATIONS, ODConv2d, explain, use_formulation  # noqa: E402
 from odconv.dispatch import LayerShape, choose  # noqa: E402
 from odconv.formulations import supported  # noqa: E402
@@ -200,21 +203,25 @@ def run_models(args, device):
     print(f"{'model':22s} {'K':>2s} {'batch':>5s} {'res':>4s} {'pass':10s} {'static ms':>10s} "
           + " ".join(f"{c:>13s}" for c in cols) + " " + " ".join(f"{'mem ' + c:>17s}" for c in cols)
           + "".join(f" {'tune s':>7s}" for _ in tuned))
-    rows = [r for r in MODEL_ROWS if (not args.models or r[0] in args.models)
+    rows = [r for r in MODEL_ROWS + FAMILY_ROWS if (not args.models or r[0] in args.models)
             and (not args.kernel_nums or r[1] in args.kernel_nums)]
     for name, k, batch, res in rows:
-        passes = [("train", batch)] + ([("eval", 1), ("eval", batch)] if k == 1 else [])
+        odconv_row = name.startswith("od_")
+        # ODConv 4x trains only (its eval is in the layer section); the later members are measured in both passes.
+        passes = [("train", batch)] + ([("eval", 1), ("eval", batch)] if k == 1 or not odconv_row else [])
         for kind, b in passes:
             if args.passes and f"{kind}{b}" not in args.passes:
                 continue
-            v = model_variants(name, k, b, res, device, kind == "train", released=not args.skip_released,
-                               modes=tuple(args.dispatch), amp=args.amp, compile=args.compile)
+            v = model_variants(name, k, b, res, device, kind == "train",
+                               released=odconv_row and not args.skip_released, modes=tuple(args.dispatch),
+                               amp=args.amp, compile=args.compile)
             first: dict[str, float] = {}
             t, m = compare(v, device, args.model_repeats, first_call=first)
-            mem = (" ".join(f"{m[c] / m['static']:17.2f}" for c in cols)
+            ratio = lambda c: f"{t[c] / t['static']:13.2f}" if c in t else f"{'-':>13s}"  # noqa: E731
+            mem = (" ".join(f"{m[c] / m['static']:17.2f}" if c in m else f"{'-':>17s}" for c in cols)
                    if kind == "train" and m["static"] else " " * 18 * len(cols))
             print(f"{name:22s} {k:2d} {b:5d} {res:4d} {kind:10s} {t['static'] * 1e3:10.1f} "
-                  + " ".join(f"{t[c] / t['static']:13.2f}" for c in cols) + " " + mem
+                  + " ".join(ratio(c) for c in cols) + " " + mem
                   + "".join(f" {first[c]:7.1f}" for c in tuned), flush=True)
 
 

@@ -8,7 +8,9 @@
 # three seeds with the demo's schedule (configs/trainer/demo.yaml, optim/demo.yaml, sched/cosine.yaml; the
 # temperature and, for ODConv, the attention norm of configs/model/demo.yaml) plus the study's recipe below (lr
 # warm-up, precise BN), then writes the report grouped over
-# seeds to OUT/report/results.{md,html}. MODELS may add od1x_bn: ODConv 1x with the released attention BatchNorm.
+# seeds to OUT/report/results.{md,html}. MODELS may add od1x_bn: ODConv 1x with the released attention BatchNorm, and
+# the family's later members: kw1x, kw4x (KernelWarehouse 1x, 4x), dcd (DCD) and fdconv (FDConv, the static
+# ResNet18 converted; models/fd.py).
 #
 # Each run is one `python train.py` on one thread in OUT/<label>-seed<seed>; JOBS of them run at once (default 2,
 # one per core of the 2-core machine this was measured on), the most expensive first. A run whose directory
@@ -26,11 +28,19 @@ seeds=${SEEDS:-0,1,2}
 models=${MODELS:-condconv8x,od4x,dyconv4x,static,od1x}
 jobs=${JOBS:-2}
 
-# The model options carry the paper's temperature schedule (10 of 100 epochs); every model here takes the demo's.
+# The model options carry the paper's temperature schedule (10 of 100 epochs); the ODConv-era models take the demo's.
 # ODConv takes the demo's attention norm too; od1x_bn is ODConv 1x with the released attention BatchNorm.
-read -r temperature norm < <("$python" -c 'import sys, yaml; m = yaml.safe_load(open(sys.argv[1]))
+# KernelWarehouse's tau (the weight of the initial cell assignment, 1 -> 0) is a mixing weight, not a softmax
+# temperature, so the demo's reason to drop ODConv's ramp (1/T growing fastest in the last steps) does not hold: it
+# keeps its own schedule, scaled as released, the same fraction of training (ResNet: temp_epoch 20 of 300 epochs,
+# configs/recipe/kw_resnet.yaml) of the demo's epochs: 20 / 300 x 12 = 0.8 epochs.
+read -r temperature norm kw_tau < <("$python" -c 'import sys, yaml
+m, kw, recipe, trainer = (yaml.safe_load(open(p)) for p in sys.argv[1:])
 print("model.temperature_init=%s,model.temperature_epochs=%s" % (m["temperature_init"], m["temperature_epochs"]),
-      "model.attention_norm=%s" % m.get("attention_norm", "batch"))' "$repo/configs/model/demo.yaml")
+      "model.attention_norm=%s" % m.get("attention_norm", "batch"),
+      "model.temperature_epochs=%g" % (kw["temperature_epochs"] / recipe["trainer"]["epochs"] * trainer["epochs"]))' \
+  "$repo/configs/model/demo.yaml" "$repo/configs/model/kw_resnet18.yaml" "$repo/configs/recipe/kw_resnet.yaml" \
+  "$repo/configs/trainer/demo.yaml")
 
 # The study's recipe, the same for every model (static included): a linear lr warm-up over the first 2 of the 12
 # epochs (the K = 4 models' training loss rose above chance in the first epoch at the full lr, and their outcome
@@ -46,6 +56,18 @@ declare -A option=(
   [od1x]="model=resnet18_od $norm"
   [od4x]="model=resnet18_od4x $norm"
   [od1x_bn]="model=resnet18_od model.attention_norm=batch"
+  [kw1x]="model=kw_resnet18"
+  [kw4x]="model=kw_resnet18_4x"
+  [dcd]="model=dcd_resnet18"
+  [fdconv]="model=fd_resnet18"
+)
+# Each label's temperature overrides: the demo's; KernelWarehouse's scaled tau schedule; none for DCD and FDConv,
+# which have no temperature (train.py refuses temperature keys for them). The static and CondConv rows were measured
+# with the demo's keys, which nothing in them reads; they keep them so their runs stay the same configuration.
+declare -A schedule=(
+  [static]="${temperature//,/ }" [condconv8x]="${temperature//,/ }" [dyconv4x]="${temperature//,/ }"
+  [od1x]="${temperature//,/ }" [od4x]="${temperature//,/ }" [od1x_bn]="${temperature//,/ }"
+  [kw1x]="$kw_tau" [kw4x]="$kw_tau" [dcd]="" [fdconv]=""
 )
 
 mkdir -p "$out"
@@ -57,7 +79,10 @@ for seed in ${seeds//,/ }; do
     # One line per run: its directory, then its overrides (the study's, the model's, the caller's last, so that a
     # caller's value wins over the study's: e.g. model.temperature_epochs=4 for another temperature schedule).
     # No trailing blank: xargs -L would join the next line to this one.
-    printf '%s\n' "paths.run_dir=$out/$label-seed$seed trainer.seed=$seed trainer.threads=1 run_name=proxy_study $recipe ${temperature//,/ } ${option[$label]} $*" >> "$list"
+    [[ -v "schedule[$label]" ]] || { echo "error: proxy_study.sh: label '$label' has no temperature entry" >&2; exit 2; }
+    line="paths.run_dir=$out/$label-seed$seed trainer.seed=$seed trainer.threads=1 run_name=proxy_study $recipe ${schedule[$label]:+${schedule[$label]} }${option[$label]}"
+    if (( $# > 0 )); then line+=" $*"; fi
+    printf '%s\n' "$line" >> "$list"
   done
 done
 
@@ -67,4 +92,4 @@ export OMP_NUM_THREADS=1
 xargs -P "$jobs" -L 1 "$python" "$repo/train.py" < "$list" > "$out/train.log" 2>&1 \
   || { echo "error: a run failed; see $out/train.log" >&2; exit 1; }
 "$python" "$repo/scripts/report.py" "$out" --out "$out/report" \
-  --title "Proxy study: ResNet18 on the digits (static, CondConv 8x, DyConv 4x, ODConv 1x/4x)"
+  --title "Proxy study: ResNet18 on the digits (${models//,/, })"

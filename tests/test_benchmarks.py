@@ -178,3 +178,31 @@ def test_headline_rows_filter_names_the_models_when_nothing_matches():
     import bench_headline
     with pytest.raises(SystemExit, match=r"--rows \['od_resnet19'\] matches none of \['od_mobilenetv2_100'"):
         bench_headline.main(["--rows", "od_resnet19"])
+
+
+@pytest.mark.slow
+def test_models_section_measures_the_later_members_over_their_static_twins(capsys, monkeypatch):
+    """KernelWarehouse 4x, DCD and FDConv (bench_measure.FAMILY_ROWS' ResNet18 rows; KW 1x runs the same code as 4x),
+    shrunk to batch 2 at 16px: a training row with time and memory ratios and an eval row each (--passes keeps the
+    test cheap), no released column (that baseline is ODConv's)."""
+    rows = [("kw_resnet18", 4, 2, 16), ("dcd_resnet18", 1, 2, 16), ("fd_resnet18", 1, 2, 16)]
+    assert {r[:2] for r in rows} < {r[:2] for r in bench_measure.FAMILY_ROWS}
+    monkeypatch.setattr(bench_odconv, "MODEL_ROWS", [])
+    monkeypatch.setattr(bench_odconv, "FAMILY_ROWS", rows)
+    bench_odconv.main(["--section", "models", "--model-repeats", "1", "--threads", "1", "--passes", "train2", "eval1"])
+    printed = [line.split() for line in capsys.readouterr().out.splitlines()
+               if line.split()[:1] and line.split()[0] in {r[0] for r in rows}]
+    assert [(r[0], r[1], r[4], r[2]) for r in printed] == [
+        (name, str(k), kind, b) for name, k, _, _ in rows for kind, b in (("train", "2"), ("eval", "1"))]
+    for r in printed:
+        static_ms, released, ours = r[5:8]
+        assert float(static_ms) > 0 and released == "-" and float(ours) > 0, r
+        if r[4] == "train":  # memory over the static twin's: released "-", ours a ratio
+            assert r[8] == "-" and float(r[9]) > 0, r
+        else:
+            assert len(r) == 8, r
+    # Each row's dynamic network is what its name says, beside the static twin it is divided by.
+    assert bench_measure.static_twin("kw_resnet50") == "static_resnet50"
+    assert bench_measure.build_dynamic("kw_resnet18", 4).kw_ratio == 4
+    with pytest.raises(ValueError, match="dcd_resnet18 has no kernel count; give k 1, got 4"):
+        bench_measure.build_dynamic("dcd_resnet18", 4)

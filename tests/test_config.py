@@ -153,6 +153,7 @@ MODEL_OPTION_TAKES = {
     "kw_": "it takes kw_ratio",
     "static_": "it takes none of the dynamic-convolution keys",
     "dcd_": "it takes none of the dynamic-convolution keys",
+    "fd_": "it takes kernel_num",
 }
 
 
@@ -267,6 +268,11 @@ def test_lr_scales_linearly_with_global_batch():
     (["trainer.odconv_formulation=colums"], "trainer.odconv_formulation must be one of ['bmm', 'columns', 'feature',"),
     (["model=kw_resnet18", "model.temperature_init=30"], "model.temperature_init and temperature_end are "
      "KernelWarehouse's tau for kw_resnet18: need 0 <= end <= init <= 1, got init 30.0, end 0.0"),
+    # DCD and FDConv have no attention temperature: setting one is refused, not ignored.
+    (["model=dcd_resnet18", "model.temperature_init=30", "model.temperature_epochs=0"],
+     "model.temperature_epochs does not apply to dcd_resnet18: it has no attention temperature; remove the "
+     "temperature_* overrides"),
+    (["model=fd_resnet18", "model.temperature_end=0.5"], "model.temperature_end does not apply to fd_resnet18"),
     (["model=kw_resnet18", "model.kw_ratio=3"], "model.kw_ratio must be one of [0.25, 0.5, 1, 2, 4], got 3.0"),
     (["data.std=[0.2,0.2]"], "data.std must be 3 numbers > 0 (or null: the model's), got [0.2, 0.2]"),
 ])

@@ -85,3 +85,43 @@ esac
     recipe = re.search(r'^recipe="([^"]*)"$', (REPO / "scripts" / "proxy_study.sh").read_text(), re.M).group(1)
     assert "trainer.precise_bn_batches=" in recipe and "sched.warmup_epochs=" in recipe
     assert all(f" {recipe} " in line for line in calls.read_text().splitlines())
+
+
+def test_the_later_members_compose_with_their_own_temperature_or_none(tmp_path):
+    """kw1x/kw4x take KernelWarehouse's tau schedule scaled to the demo (20 of the released 300 epochs -> 0.8 of 12),
+    dcd and fdconv no temperature key at all (they have none, and train.py refuses one); every line composes and
+    validates to the model the label names, with the study's recipe. A stand-in python records the lines."""
+    from conftest import compose_cfg
+    from train.config import validate
+
+    fake = tmp_path / "python"
+    calls = tmp_path / "calls.txt"
+    fake.write_text(f"""#!/usr/bin/env bash
+case "$1" in
+  */train.py) shift; echo "$*" >> {calls} ;;
+  */report.py) ;;
+  *) exec {sys.executable} "$@" ;;
+esac
+""")
+    fake.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(fake), "SEEDS": "0", "MODELS": "kw1x,kw4x,dcd,fdconv"}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "proxy_study.sh"), str(tmp_path / "study"),
+                           "trainer.odconv_dispatch=rules"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = {line.split()[0].rsplit("/", 1)[1]: line.split() for line in calls.read_text().splitlines()}
+    assert sorted(lines) == ["dcd-seed0", "fdconv-seed0", "kw1x-seed0", "kw4x-seed0"]
+    expected = {"kw1x-seed0": ("kw_resnet18", 1), "kw4x-seed0": ("kw_resnet18", 4), "dcd-seed0": ("dcd_resnet18", None),
+                "fdconv-seed0": ("fd_resnet18", None)}
+    demo = yaml.safe_load((REPO / "configs" / "model" / "demo.yaml").read_text())
+    for run, words in lines.items():
+        temperature = [w for w in words if w.startswith("model.temperature")]
+        c = validate(compose_cfg([w for w in words if not w.startswith("paths.")]))
+        name, ratio = expected[run]
+        assert c.model.name == name and c.trainer.seed == 0 and c.trainer.precise_bn_batches == 8
+        assert c.sched.warmup_epochs == 2 and c.trainer.odconv_dispatch == "rules"
+        if name.startswith("kw_"):
+            assert temperature == ["model.temperature_epochs=0.8"] and c.model.kw_ratio == ratio
+            assert (c.model.temperature_init, c.model.temperature_end) == (1.0, 0.0)  # the model option's tau 1 -> 0
+        else:
+            assert temperature == [], words
+        assert f"model.temperature_init={demo['temperature_init']}" not in words

@@ -269,13 +269,17 @@ MODEL_KWARGS = {
     "kw_": ("kw_ratio",),
     "static_": (),
     "dcd_": (),  # the released DCD networks: their layer sizes are the released ones
+    "fd_": ("kernel_num",),  # FDConv: the static network converted; kernel_num = frequency groups per layer
 }
+# Families whose layers have no attention temperature: a temperature_* key set for them is a mistake (the static and
+# CondConv networks, older, still accept the keys and ignore them; the proxy study passes them the demo's).
+NO_TEMPERATURE = ("dcd_", "fd_")
 ZOO_KWARGS = sorted({k for keys in MODEL_KWARGS.values() for k in keys})
 ATTENTIONS = ("spatial", "channel", "filter", "kernel")
 
 
 def model_family(name: str) -> str | None:
-    """The zoo prefix of a model name (od_, condconv_, dyconv_, static_, dcd_), None for timm's own models."""
+    """The zoo prefix of a model name (od_, condconv_, dyconv_, static_, kw_, dcd_, fd_), None for timm's own models."""
     return next((prefix for prefix in MODEL_KWARGS if name.startswith(prefix)), None)
 
 
@@ -289,7 +293,7 @@ def validate_model(m: ModelConfig) -> None:
             continue
         hint = f"it takes {', '.join(takes)}" if takes else "it takes none of the dynamic-convolution keys"
         raise ConfigError(f"model.{key} does not apply to {m.name} ({hint}); remove it or pick another model.name")
-    if m.kernel_num is not None and family in ("od_", "dyconv_") and m.kernel_num < 1:
+    if m.kernel_num is not None and family in ("od_", "dyconv_", "fd_") and m.kernel_num < 1:
         raise ConfigError(f"model.kernel_num must be >= 1 for the dynamic model {m.name}, got {m.kernel_num}")
     if m.reduction is not None:
         _positive("model.reduction", m.reduction)
@@ -321,6 +325,13 @@ def validate_model(m: ModelConfig) -> None:
         if not 0.0 <= m.temperature_end <= m.temperature_init <= 1.0:
             raise ConfigError(f"model.temperature_init and temperature_end are KernelWarehouse's tau for {m.name}: "
                               f"need 0 <= end <= init <= 1, got init {m.temperature_init}, end {m.temperature_end}")
+    elif family in NO_TEMPERATURE:
+        defaults = ModelConfig(name=m.name)
+        changed = [k for k in ("temperature_init", "temperature_epochs", "temperature_end")
+                   if getattr(m, k) != getattr(defaults, k)]
+        if changed:
+            raise ConfigError(f"model.{changed[0]} does not apply to {m.name}: it has no attention temperature; "
+                              f"remove the temperature_* overrides")
     else:
         if m.temperature_init < 1.0:
             raise ConfigError(f"model.temperature_init must be >= 1 (1 = no temperature), got {m.temperature_init}")
