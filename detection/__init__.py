@@ -1,6 +1,6 @@
 """MMDetection 3.x bridge: the zoo's ODConv, KernelWarehouse and static backbones in mmdet's registry, a COCO
-metric with the standard 12 numbers, the attention-temperature and KernelWarehouse tau hooks, and the fixes this mmengine/mmcv/mmdet stack needs on
-current torch.
+metric with the standard 12 numbers, the attention-temperature and KernelWarehouse tau hooks, and the fixes this
+mmengine/mmcv/mmdet stack needs on current torch.
 
 Importing `detection` loads nothing from the detection stack, so the commands can first say in one line how to
 install it when it is missing. Configs register the modules with

@@ -1,4 +1,5 @@
-"""The zoo's ResNet and MobileNetV2 (ODConv, KernelWarehouse, FDConv and static) as mmdet backbones, registered in mmdet's `MODELS`.
+"""The zoo's ResNet and MobileNetV2 (ODConv, KernelWarehouse, FDConv and static) as mmdet backbones, registered in
+mmdet's `MODELS`.
 
 The networks are the `models/` modules built through timm with the classifier removed; this file only adds what
 an mmdet backbone needs: `out_indices`, `frozen_stages`, `norm_eval` and `init_cfg=dict(type='Pretrained', ...)`.

@@ -1,6 +1,6 @@
-# Demo-sized twin of ../mask-rcnn_kw4x-r50_fpn_1x_coco_adamw.py beside the static and ODConv twins: the static twin's
-# demo config (ResNet18, thin FPN and heads, 10 classes, random init, SGD) with the backbone turned into
-# ResNet18 + KernelWarehouse (4x); everything else is shared.
+# Demo-sized twin of ../mask-rcnn_kw4x-r50_fpn_1x_coco_adamw.py beside the static and ODConv twins: the static
+# twin's demo config (ResNet18, thin FPN and heads, 10 classes, random init, SGD) with the backbone turned into
+# ResNet18 + KernelWarehouse (4x); the rest is shared.
 _base_ = './mask-rcnn_r18_fpn_demo.py'
 
 model = dict(backbone=dict(type='KW_ResNet', kw_ratio=4, attention_norm='layer'))
