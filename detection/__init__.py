@@ -1,6 +1,6 @@
-"""MMDetection 3.x bridge: the zoo's ODConv and static backbones in mmdet's registry, a COCO metric with the
-standard 12 numbers, the attention-temperature hook, and the fixes this mmengine/mmcv/mmdet stack needs on
-current torch.
+"""MMDetection 3.x bridge: the zoo's ODConv, KernelWarehouse and static backbones in mmdet's registry, a COCO
+metric with the standard 12 numbers, the attention-temperature and KernelWarehouse tau hooks, and the fixes this
+mmengine/mmcv/mmdet stack needs on current torch.
 
 Importing `detection` loads nothing from the detection stack, so the commands can first say in one line how to
 install it when it is missing. Configs register the modules with
@@ -9,7 +9,8 @@ other backbone classes are loaded on first use.
 """
 from __future__ import annotations
 
-_BACKBONES = ("ODMobileNetV2", "ODResNet", "StaticMobileNetV2", "StaticResNet", "ZooBackbone")
+_BACKBONES = ("KWMobileNetV2", "KWResNet", "ODMobileNetV2", "ODResNet", "StaticMobileNetV2", "StaticResNet",
+              "ZooBackbone")
 
 
 def __getattr__(name: str):

@@ -1,4 +1,5 @@
-"""The zoo's ResNet and MobileNetV2 (ODConv, FDConv and static) as mmdet backbones, registered in mmdet's `MODELS`.
+"""The zoo's ResNet and MobileNetV2 (ODConv, KernelWarehouse, FDConv and static) as mmdet backbones, registered in
+mmdet's `MODELS`.
 
 The networks are the `models/` modules built through timm with the classifier removed; this file only adds what
 an mmdet backbone needs: `out_indices`, `frozen_stages`, `norm_eval` and `init_cfg=dict(type='Pretrained', ...)`.
@@ -7,7 +8,8 @@ an mmdet backbone needs: `out_indices`, `frozen_stages`, `norm_eval` and `init_c
 (`*.attention.bn`). Decided on purpose: that BN normalises one pooled vector per image, so with the 1-2 images per
 GPU of detection training its batch statistics are nearly degenerate (with one image per GPU the forward fails),
 and the ImageNet running statistics are the ones the attention heads were trained with. The released detectors do
-the same. Its affine weights still train, as for every other BN under `norm_eval`.
+the same. Its affine weights still train, as for every other BN under `norm_eval`. The same holds for the
+KernelWarehouse attention's BatchNorm1d (`*.attention.norm1`), as the released KW detectors do.
 
 `attention_norm_eval` decides the attention-branch BN alone (default: as `norm_eval`). Trained from scratch with
 4 images per batch at temperature 1 from the first step, that BN's running statistics drift away from what single
@@ -29,7 +31,8 @@ from torch import Tensor, nn
 
 import models
 from models.resnet import ARCH_SETTINGS
-from odconv import FDConv2d, ODAttention, convert_to_fdconv, set_temperature, static_to_fdconv_state_dict
+from odconv import (FDConv2d, KWAttention, ODAttention, convert_to_fdconv, final_temperature, set_temperature,
+                    static_to_fdconv_state_dict)
 
 
 class ZooBackbone(BaseModule):
@@ -55,8 +58,9 @@ class ZooBackbone(BaseModule):
         # mmengine would handle a Pretrained init_cfg with its own non-strict loader; we load it ourselves.
         super().__init__(init_cfg=init_cfg)
         self.body = timm.create_model(model_name, num_classes=0, **model_kwargs)
-        # The pretrained backbone is fine-tuned at temperature 1 (the end of the ImageNet annealing).
-        set_temperature(self.body, 1.0)
+        # The pretrained backbone is fine-tuned where its ImageNet schedule ended: ODConv's temperature 1,
+        # KernelWarehouse's tau 0 (attention only, no initial assignment blended in).
+        set_temperature(self.body, final_temperature(self.body))
         self.model_name = model_name
         self.out_indices = tuple(sorted(out_indices))
         self.frozen_stages = frozen_stages
@@ -82,6 +86,7 @@ class ZooBackbone(BaseModule):
         self._freeze_stages()
         if mode:
             attention = {id(getattr(m, "bn", None)) for m in self.modules() if isinstance(m, ODAttention)}
+            attention |= {id(m.norm1) for m in self.modules() if isinstance(m, KWAttention)}
             for m in self.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and \
                         (self.attention_norm_eval if id(m) in attention else self.norm_eval):
@@ -95,7 +100,7 @@ class ZooBackbone(BaseModule):
             self._is_init = True
         else:
             super().init_weights()
-        set_temperature(self.body, 1.0)
+        set_temperature(self.body, final_temperature(self.body))
 
     def load_classification_checkpoint(self, path: str) -> None:
         """Load an ImageNet checkpoint of the same zoo model (ours or released), ignoring its classifier.
@@ -244,4 +249,47 @@ class StaticMobileNetV2(_MobileNetV2Stages, ZooBackbone):
         super().__init__(_mobilenet_name("static_", widen_factor), **kwargs)
 
 
-__all__ = ["FDResNet", "ODMobileNetV2", "ODResNet", "StaticMobileNetV2", "StaticResNet", "ZooBackbone"]
+def _kw_kwargs(kw_ratio: float, allowed: Sequence[float], attention_norm: str) -> dict:
+    if kw_ratio not in allowed:
+        raise ValueError(f"kw_ratio must be one of {list(allowed)}, got {kw_ratio}")
+    if attention_norm not in ("batch", "layer"):
+        raise ValueError(f"attention_norm must be 'batch' (released) or 'layer', got {attention_norm!r}")
+    return dict(kw_ratio=kw_ratio, attention_norm=attention_norm)
+
+
+@MODELS.register_module(name="KW_ResNet")
+class KWResNet(_ResNetStages, ZooBackbone):
+    """ResNet with KernelWarehouse convs (`models.kw`); `depth` 18 or 50, `kw_ratio` the released "b x" setting.
+
+    The network owns its warehouses (`body.warehouse_manager`, created and allocated when it is built), and runs
+    at tau 0, as the released detector backbones. `frozen_stages` freezes the stages' modules (attentions, BNs,
+    static convs) but not the warehouses, which stages share (a stage's first block draws on the previous
+    stage's): as released, the cells keep training. The released backbone's `drop_path_rate` default is 0.1
+    (the configs set it); `attention_norm='layer'` replaces the released BatchNorm1d of the attention by a
+    per-sample LayerNorm (for batches too small for batch statistics, trained from scratch).
+    """
+
+    def __init__(self, depth: int = 50, kw_ratio: float = 1, attention_norm: str = "batch", **kwargs) -> None:
+        if depth not in (18, 50):
+            raise ValueError(f"depth must be 18 or 50 for a KernelWarehouse ResNet, got {depth}")
+        super().__init__(f"kw_resnet{depth}", **_kw_kwargs(kw_ratio, (0.25, 0.5, 1, 2, 4), attention_norm),
+                         **kwargs)
+
+
+@MODELS.register_module(name="KW_MobileNetV2")
+class KWMobileNetV2(_MobileNetV2Stages, ZooBackbone):
+    """MobileNetV2 with KernelWarehouse convs in every conv, stem included (`models.kw`); `widen_factor` 0.5 or 1.0,
+    `kw_ratio` 1, 2 or 4 (the released 1/2x network has a KW classifier, which a detector does not keep). FPN gets
+    the 24/32/96/1280-channel stages (width 1.0), the released detectors' features 3, 6, 13 and 18. Warehouses and
+    tau as `KW_ResNet`."""
+
+    def __init__(self, widen_factor: float = 1.0, kw_ratio: float = 1, attention_norm: str = "batch",
+                 **kwargs) -> None:
+        widths = {0.5: "kw_mobilenetv2_050", 1.0: "kw_mobilenetv2_100"}
+        if widen_factor not in widths:
+            raise ValueError(f"widen_factor must be 0.5 or 1.0 for a KernelWarehouse MobileNetV2, got {widen_factor}")
+        super().__init__(widths[widen_factor], **_kw_kwargs(kw_ratio, (1, 2, 4), attention_norm), **kwargs)
+
+
+__all__ = ["FDResNet", "KWMobileNetV2", "KWResNet", "ODMobileNetV2", "ODResNet", "StaticMobileNetV2", "StaticResNet",
+           "ZooBackbone"]

@@ -1,0 +1,13 @@
+# Demo-sized twin of ../mask-rcnn_kw4x-r50_fpn_1x_coco_adamw.py beside the static and ODConv twins: the static
+# twin's demo config (ResNet18, thin FPN and heads, 10 classes, random init, SGD) with the backbone turned into
+# ResNet18 + KernelWarehouse (4x); the rest is shared.
+_base_ = './mask-rcnn_r18_fpn_demo.py'
+
+model = dict(backbone=dict(type='KW_ResNet', kw_ratio=4, attention_norm='layer'))
+
+# Trained from scratch on batches of 4 images, as the ODConv twin: the attention's norm is per sample
+# (attention_norm='layer', LayerNorm, as the released ConvNeXt; the released BatchNorm1d would normalise each
+# pooled vector over 4 images), and tau, the weight of the fixed initial cell assignment, falls from 1 to 0 over
+# the first epoch as in the released classification recipe (which trains from scratch). The COCO configs
+# fine-tune released ImageNet backbones at tau 0 with the released norm (frozen by norm_eval).
+custom_hooks = [dict(type='KWTauHook', epochs=1)]
