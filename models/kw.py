@@ -27,8 +27,8 @@ relative to the static convs they replace):
 The released training script passes `--dropout` (default 0) to every model, so the KW builders' dropout default is
 0. State-dict names are the released ones (`warehouse_manager.weights.{k}`; MobileNetV2 1x/2x/4x name their
 classifier `classifier.*`, not `classifier.1.*`, through state-dict hooks). `attention_norm` is the attention's
-norm: 'batch' (released, BatchNorm1d) or 'layer' (per-sample LayerNorm, as the released ConvNeXt; for batches too
-small for batch statistics, e.g. the detection demo trained from scratch).
+norm, by default the released one: 'batch' (BatchNorm1d; LayerNorm for ConvNeXt) or 'layer' (per-sample
+LayerNorm; for batches too small for batch statistics, e.g. the detection demo trained from scratch).
 """
 from __future__ import annotations
 
@@ -216,13 +216,16 @@ def _kw_cfg(arch: str) -> dict[str, Any]:
 default_cfgs = generate_default_cfgs({"kw_" + arch: _kw_cfg(arch) for arch in KW_ARCHS})
 
 
-def _create_kw(variant: str, arch: str, pretrained: bool, kw_ratio: float, attention_norm: str = "batch", **kwargs):
+def _create_kw(variant: str, arch: str, pretrained: bool, kw_ratio: float, attention_norm: str | None = None,
+               **kwargs):
     if pretrained:
         raise ValueError(f"{variant}: no weights can be downloaded here; build with pretrained=False and use "
                          "models.load_checkpoint(model, path) with a local checkpoint")
     kw_ratio = float(kw_ratio)
     kw_ratio = int(kw_ratio) if kw_ratio.is_integer() else kw_ratio
     settings = manager_settings(arch, kw_ratio)
+    if attention_norm is not None:  # else the released norm: BatchNorm, LayerNorm for ConvNeXt
+        settings["norm"] = attention_norm
     if "dropout" in kwargs and "drop_rate" in kwargs:
         raise ValueError("give either dropout or drop_rate, not both")
     dropout = kwargs.pop("dropout", kwargs.pop("drop_rate", 0.0))
@@ -245,7 +248,7 @@ def _create_kw(variant: str, arch: str, pretrained: bool, kw_ratio: float, atten
             _released_classifier_names(model)
         warehouse_of = mobilenetv2_warehouses(half)
     model.kw_ratio = kw_ratio
-    return attach_warehouses(model, WarehouseManager(**settings, norm=attention_norm), warehouse_of)
+    return attach_warehouses(model, WarehouseManager(**settings), warehouse_of)
 
 
 @register_model
