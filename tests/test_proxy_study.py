@@ -60,9 +60,9 @@ def test_proxy_study_names_an_unknown_model_label(cache_dir, tmp_path):
     assert proc.returncode == 2 and "MODELS: unknown label 'resnet18'" in proc.stderr
 
 
-def test_proxy_study_starts_one_train_py_per_run_also_without_overrides(tmp_path):
-    """With no caller overrides each job line must still be one run (xargs -L joins a line ending in a blank to
-    the next one: that once made the whole study a single run). A stand-in python records each train.py call."""
+def stand_in_python(tmp_path):
+    """(a `python` that records each train.py call's arguments as one line and runs nothing else of the study but
+    Python one-liners, the file it records into)."""
     fake = tmp_path / "python"
     calls = tmp_path / "calls.txt"
     fake.write_text(f"""#!/usr/bin/env bash
@@ -73,6 +73,13 @@ case "$1" in
 esac
 """)
     fake.chmod(0o755)
+    return fake, calls
+
+
+def test_proxy_study_starts_one_train_py_per_run_also_without_overrides(tmp_path):
+    """With no caller overrides each job line must still be one run (xargs -L joins a line ending in a blank to
+    the next one: that once made the whole study a single run). A stand-in python records each train.py call."""
+    fake, calls = stand_in_python(tmp_path)
     env = {**os.environ, "PYTHON": str(fake), "SEEDS": "0,1", "MODELS": "static,od1x_bn"}
     proc = subprocess.run(["bash", str(REPO / "scripts" / "proxy_study.sh"), str(tmp_path / "study")], env=env,
                           capture_output=True, text=True, timeout=60)
@@ -94,16 +101,7 @@ def test_the_later_members_compose_with_their_own_temperature_or_none(tmp_path):
     from conftest import compose_cfg
     from train.config import validate
 
-    fake = tmp_path / "python"
-    calls = tmp_path / "calls.txt"
-    fake.write_text(f"""#!/usr/bin/env bash
-case "$1" in
-  */train.py) shift; echo "$*" >> {calls} ;;
-  */report.py) ;;
-  *) exec {sys.executable} "$@" ;;
-esac
-""")
-    fake.chmod(0o755)
+    fake, calls = stand_in_python(tmp_path)
     env = {**os.environ, "PYTHON": str(fake), "SEEDS": "0", "MODELS": "kw1x,kw4x,dcd,fdconv"}
     proc = subprocess.run(["bash", str(REPO / "scripts" / "proxy_study.sh"), str(tmp_path / "study"),
                            "trainer.odconv_dispatch=rules"], env=env, capture_output=True, text=True, timeout=60)
