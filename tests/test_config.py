@@ -274,6 +274,10 @@ def test_lr_scales_linearly_with_global_batch():
      "temperature_* overrides"),
     (["model=fd_resnet18", "model.temperature_end=0.5"], "model.temperature_end does not apply to fd_resnet18"),
     (["model=kw_resnet18", "model.kw_ratio=3"], "model.kw_ratio must be one of [0.25, 0.5, 1, 2, 4], got 3.0"),
+    (["model.temperature_shape=cosine"], "model.temperature_shape must be one of ['linear', 'reciprocal'], got "
+     "'cosine'"),
+    (["model=kw_resnet18", "model.temperature_shape=reciprocal"], "model.temperature_shape must be linear for "
+     "kw_resnet18: its temperature is tau"),
     (["data.std=[0.2,0.2]"], "data.std must be 3 numbers > 0 (or null: the model's), got [0.2, 0.2]"),
 ])
 def test_impossible_values_name_the_key(override, message):

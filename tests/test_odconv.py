@@ -168,6 +168,24 @@ def test_temperature_sharpens_attentions_and_is_set_model_wide():
     assert all(m.temperature == 7.5 for m in model.modules() if isinstance(m, ODConv2d))
 
 
+def test_reciprocal_temperature_schedule_is_linear_in_the_logits_scale():
+    n = 10
+    t = [odconv.temperature_schedule(i, n, 30.0, 4, shape="reciprocal") for i in range(60)]
+    assert t[0] == pytest.approx(30.0) and t[40] == pytest.approx(1.0) and t[59] == 1.0
+    inverse = [1 / v for v in t[:41]]
+    steps = [b - a for a, b in zip(inverse, inverse[1:])]
+    assert steps == pytest.approx([(1 - 1 / 30) / 40] * 40)  # 1/T rises by the same amount every step
+    # The released linear ramp moves 1/T from 0.25 to 1 in its last tenth; this one a tenth of the way.
+    assert 1 / odconv.temperature_schedule(36, n, 30.0, 4) < 0.3
+    assert 1 / t[36] == pytest.approx(1 / 30 + 0.9 * (1 - 1 / 30))
+    assert odconv.temperature_schedule(20, n, 30.0, 4, t_end=2.0, shape="reciprocal") == pytest.approx(
+        1 / (0.5 * (1 / 2) + 0.5 * (1 / 30)))
+    with pytest.raises(ValueError, match="temperature shape must be one of"):
+        odconv.temperature_schedule(1, n, shape="cosine")
+    with pytest.raises(ValueError, match="t_end > 0"):
+        odconv.temperature_schedule(1, n, 1.0, 4, t_end=0.0, shape="reciprocal")
+
+
 def test_released_temperature_schedule():
     n = 100  # iterations per epoch
     assert odconv.temperature_schedule(0, n) == pytest.approx(30.0)

@@ -13,12 +13,15 @@ import pytest
 import torch
 
 from conftest import REPO, TINY, compose_cfg, run_train
+from odconv import temperature_schedule
 from train import atomic
 from train.checkpoint import CheckpointDir, save_atomic
 from train.loop import NonFiniteLossError, run
 
 # ODConv ResNet18 with EMA and dropout: resume has to restore weights, optimizer, EMA, every RNG and the data position.
-RESUME = TINY + ["model=resnet18_od", "model.temperature_epochs=1", "trainer.ema=true", "trainer.ema_decay=0.9",
+# The temperature falls 30 -> 1 linearly in 1/T over the first epoch (the proxy study's schedule).
+RESUME = TINY + ["model=resnet18_od", "model.temperature_epochs=1", "model.temperature_shape=reciprocal",
+                 "trainer.ema=true", "trainer.ema_decay=0.9",
                  "trainer.limit_val_batches=1"]
 
 
@@ -53,6 +56,10 @@ def reference(tmp_path_factory, cache_dir) -> Path:
     run_dir = tmp_path_factory.mktemp("reference")
     summary = run(compose_cfg(RESUME + [f"paths.cache_dir={cache_dir}", f"paths.run_dir={run_dir}"]))
     assert summary["status"] == "completed" and summary["step"] == 8
+    logged = {step: t for step, _, t in train_records(run_dir)}
+    assert logged and logged == {s: pytest.approx(temperature_schedule(s, 4, 30.0, 1, shape="reciprocal"))
+                                 for s in logged}  # step s ran at the schedule's value for step s
+    assert logged[max(logged)] == 1.0 and min(logged) < 4 < max(logged)
     return run_dir
 
 

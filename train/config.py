@@ -14,6 +14,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from odconv.formulations import FORMULATIONS
+from odconv.temperature import TEMPERATURE_SHAPES
 
 
 class ConfigError(ValueError):
@@ -44,6 +45,9 @@ class ModelConfig:
     # ODConv/DyConv: 1 (no temperature). kw_: the temperature is tau, the weight of the initial cell assignment,
     # annealed 1 -> 0 (temperature_init 1, temperature_end 0, temperature_epochs 20; 15 for MobileNetV2).
     temperature_end: float = 1.0
+    # linear (released: linear in T) | reciprocal (linear in 1/T, the logits' scale: sharpens at an even rate; for
+    # short runs, docs/training.md). ODConv/DyConv only: tau's 1 -> 0 is linear.
+    temperature_shape: str = "linear"
     init_checkpoint: Optional[str] = None  # weights to start from (released or ours), classifier included
 
 
@@ -325,9 +329,12 @@ def validate_model(m: ModelConfig) -> None:
         if not 0.0 <= m.temperature_end <= m.temperature_init <= 1.0:
             raise ConfigError(f"model.temperature_init and temperature_end are KernelWarehouse's tau for {m.name}: "
                               f"need 0 <= end <= init <= 1, got init {m.temperature_init}, end {m.temperature_end}")
+        if m.temperature_shape != "linear":
+            raise ConfigError(f"model.temperature_shape must be linear for {m.name}: its temperature is tau, a mixing "
+                              f"weight annealed 1 -> 0, not a softmax temperature; got {m.temperature_shape}")
     elif family in NO_TEMPERATURE:
         defaults = ModelConfig(name=m.name)
-        changed = [k for k in ("temperature_init", "temperature_epochs", "temperature_end")
+        changed = [k for k in ("temperature_init", "temperature_epochs", "temperature_end", "temperature_shape")
                    if getattr(m, k) != getattr(defaults, k)]
         if changed:
             raise ConfigError(f"model.{changed[0]} does not apply to {m.name}: it has no attention temperature; "
@@ -339,6 +346,7 @@ def validate_model(m: ModelConfig) -> None:
             raise ConfigError(f"model.temperature_end must be in [1, temperature_init] (1 = no temperature), got "
                               f"{m.temperature_end}")
     _positive("model.temperature_epochs", m.temperature_epochs, allow_zero=True)
+    _choice("model.temperature_shape", m.temperature_shape, set(TEMPERATURE_SHAPES))
 
 
 def _known_model(name: str) -> None:

@@ -81,7 +81,7 @@ class Ctx:
     def temperature(self, step: int) -> float:
         m = self.c.model
         return temperature_schedule(step + 1, self.loaders.steps_per_epoch, m.temperature_init, m.temperature_epochs,
-                                    m.temperature_end)
+                                    m.temperature_end, m.temperature_shape)
 
 
 def run(cfg) -> dict:
