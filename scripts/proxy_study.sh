@@ -5,9 +5,9 @@
 #     scripts/proxy_study.sh [OUT] [Hydra overrides for every run ...]
 #
 # Trains ResNet18 static, CondConv (8x), DyConv (4x), ODConv (1x) and ODConv (4x) on the embedded digits over
-# three seeds with the demo's schedule (configs/trainer/demo.yaml, optim/demo.yaml, sched/cosine.yaml; the
-# temperature and, for ODConv, the attention norm of configs/model/demo.yaml) plus the study's recipe below (lr
-# warm-up, precise BN), then writes the report grouped over
+# three seeds with the demo's schedule (configs/trainer/demo.yaml, optim/demo.yaml, sched/cosine.yaml; for ODConv,
+# the attention norm of configs/model/demo.yaml) plus the study's recipe below (lr warm-up, precise BN, the
+# attention temperature annealed over the first half of training), then writes the report grouped over
 # seeds to OUT/report/results.{md,html}. MODELS may add od1x_bn: ODConv 1x with the released attention BatchNorm, and
 # the family's later members: kw1x, kw4x (KernelWarehouse 1x, 4x), dcd (DCD) and fdconv (FDConv, the static
 # ResNet18 converted; models/fd.py).
@@ -28,15 +28,20 @@ seeds=${SEEDS:-0,1,2}
 models=${MODELS:-condconv8x,od4x,dyconv4x,static,od1x}
 jobs=${JOBS:-2}
 
-# The model options carry the paper's temperature schedule (10 of 100 epochs); the ODConv-era models take the demo's.
-# ODConv takes the demo's attention norm too; od1x_bn is ODConv 1x with the released attention BatchNorm.
+# The model options carry the paper's temperature schedule (30 -> 1 over 10 of 100 epochs, linear in T). The study
+# anneals the attention temperature of every member that has one (ODConv, DyConv) 30 -> 1 over the first half of the
+# demo's epochs, linear in 1/T (model.temperature_shape=reciprocal): at temperature 1 from the first step a new
+# network's kernel attention is already near one-hot and the K = 4 members sat near chance for epochs, and the paper's
+# ramp, linear in T, squeezed into the demo moves 1/T from 0.25 to 1 in its last tenth, where both K = 4 members
+# collapsed (92 -> 44%). docs/training.md, "What makes the K = 4 members unstable".
+# ODConv takes the demo's attention norm; od1x_bn is ODConv 1x with the released attention BatchNorm.
 # KernelWarehouse's tau (the weight of the initial cell assignment, 1 -> 0) is a mixing weight, not a softmax
-# temperature, so the demo's reason to drop ODConv's ramp (1/T growing fastest in the last steps) does not hold: it
-# keeps its own schedule, scaled as released, the same fraction of training (ResNet: temp_epoch 20 of 300 epochs,
-# configs/recipe/kw_resnet.yaml) of the demo's epochs: 20 / 300 x 12 = 0.8 epochs.
-read -r temperature norm kw_tau < <("$python" -c 'import sys, yaml
+# temperature: it keeps its own schedule, scaled as released, the same fraction of training (ResNet: temp_epoch 20
+# of 300 epochs, configs/recipe/kw_resnet.yaml) of the demo's epochs: 20 / 300 x 12 = 0.8 epochs.
+read -r temperature anneal norm kw_tau < <("$python" -c 'import sys, yaml
 m, kw, recipe, trainer = (yaml.safe_load(open(p)) for p in sys.argv[1:])
 print("model.temperature_init=%s,model.temperature_epochs=%s" % (m["temperature_init"], m["temperature_epochs"]),
+      "model.temperature_init=30,model.temperature_epochs=%g,model.temperature_shape=reciprocal" % (trainer["epochs"] / 2),
       "model.attention_norm=%s" % m.get("attention_norm", "batch"),
       "model.temperature_epochs=%g" % (kw["temperature_epochs"] / recipe["trainer"]["epochs"] * trainer["epochs"]))' \
   "$repo/configs/model/demo.yaml" "$repo/configs/model/kw_resnet18.yaml" "$repo/configs/recipe/kw_resnet.yaml" \
@@ -61,12 +66,13 @@ declare -A option=(
   [dcd]="model=dcd_resnet18"
   [fdconv]="model=fd_resnet18"
 )
-# Each label's temperature overrides: the demo's; KernelWarehouse's scaled tau schedule; none for DCD and FDConv,
-# which have no temperature (train.py refuses temperature keys for them). The static and CondConv rows were measured
-# with the demo's keys, which nothing in them reads; they keep them so their runs stay the same configuration.
+# Each label's temperature overrides: the study's annealing for ODConv and DyConv; KernelWarehouse's scaled tau
+# schedule; none for DCD and FDConv, which have no temperature (train.py refuses temperature keys for them). The
+# static and CondConv rows, which have no temperature, were measured with the demo's keys, which nothing in them
+# reads; they keep them so their runs stay the same configuration.
 declare -A schedule=(
-  [static]="${temperature//,/ }" [condconv8x]="${temperature//,/ }" [dyconv4x]="${temperature//,/ }"
-  [od1x]="${temperature//,/ }" [od4x]="${temperature//,/ }" [od1x_bn]="${temperature//,/ }"
+  [static]="${temperature//,/ }" [condconv8x]="${temperature//,/ }" [dyconv4x]="${anneal//,/ }"
+  [od1x]="${anneal//,/ }" [od4x]="${anneal//,/ }" [od1x_bn]="${anneal//,/ }"
   [kw1x]="$kw_tau" [kw4x]="$kw_tau" [dcd]="" [fdconv]=""
 )
 

@@ -36,14 +36,20 @@ def test_proxy_study_trains_each_model_with_the_demo_schedule_and_writes_the_gro
     page = (out / "report" / "results.html").read_text()
     assert 'id="top1-bars"' in page  # the grouped bar chart
 
-    # Every run took the demo's temperature schedule, not the one its model option carries (the paper's 10 epochs),
-    # and ODConv the demo's attention norm; one directory per label and seed, one thread each.
+    # Every member with a temperature took the study's annealing (30 -> 1 linear in 1/T over the first half of the
+    # demo's epochs), not the one its model option carries (the paper's 10 epochs, linear in T); the static network
+    # the demo's keys, which it does not read. ODConv took the demo's attention norm; one directory per label and
+    # seed, one thread each.
     demo = yaml.safe_load((REPO / "configs" / "model" / "demo.yaml").read_text())
+    demo_epochs = yaml.safe_load((REPO / "configs" / "trainer" / "demo.yaml").read_text())["epochs"]
     configs = {p.parent.name: yaml.safe_load(p.read_text()) for p in out.glob("*/config.yaml")}
     assert sorted(configs) == ["dyconv4x-seed0", "od1x-seed0", "static-seed0"]
-    for c in configs.values():
-        assert c["model"]["temperature_init"] == demo["temperature_init"]
-        assert c["model"]["temperature_epochs"] == demo["temperature_epochs"]
+    for label, c in configs.items():
+        schedule = tuple(c["model"][f"temperature_{k}"] for k in ("init", "epochs", "shape"))
+        if label.startswith("static"):
+            assert schedule == (demo["temperature_init"], demo["temperature_epochs"], "linear")
+        else:
+            assert schedule == (30.0, demo_epochs / 2, "reciprocal")
         assert c["run_name"] == "proxy_study" and c["trainer"]["seed"] == 0 and c["trainer"]["threads"] == 1
     assert configs["od1x-seed0"]["model"]["attention_norm"] == demo["attention_norm"]
     assert configs["dyconv4x-seed0"]["model"]["attention_norm"] is None  # not an argument of DyConv
