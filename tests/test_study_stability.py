@@ -1,7 +1,8 @@
 """The proxy study's K = 4 members under its recipe (lr warm-up, precise BN before each evaluation, the temperature
-annealed linearly in 1/T): trained briefly with two forced ODConv formulations, which round differently, they evaluate alike, and no epoch's validation loss
-explodes (eval mode with the moving averages of training gave losses of 5-173 in the first epochs of the study, and
-22-52 in this test's second epoch, against a chance level of ln 10 = 2.3)."""
+annealed linearly in 1/T): trained briefly with two forced ODConv formulations, which round differently, they
+evaluate alike, and no epoch's validation loss explodes (eval mode with the moving averages of training gave losses
+of 5-173 in the first epochs of the study, and 22-52 in this test's second epoch, against a chance level of
+ln 10 = 2.3)."""
 from __future__ import annotations
 
 import json
