@@ -239,18 +239,18 @@ def select(layer_choice: Optional[str], x, weight, channel, filt, spatial, kerne
 PER_SAMPLE_FORMULATION = "grouped"
 
 
-def per_sample_shape(x, kernels, stride, groups: int, cells: int) -> LayerShape:
-    """The LayerShape of a call with a ready per-sample kernel (B, O, I/g, k...) on a 1-, 2- or 3-D input;
+def per_sample_shape(x, weight_shape, stride, groups: int, cells: int) -> LayerShape:
+    """The LayerShape of a call with a per-sample kernel of `weight_shape` (O, I/g, k...) on a 1-, 2- or 3-D input;
     kernel_num is the number of cells mixed into each part of the kernel (KernelWarehouse's warehouse size)."""
-    spatial, kernel_size, stride = tuple(x.shape[2:]), tuple(kernels.shape[3:]), tuple(stride)
+    spatial, kernel_size, stride = tuple(x.shape[2:]), tuple(weight_shape[2:]), tuple(stride)
     if len(spatial) == 1:  # 1-D: one row
         spatial, kernel_size, stride = (1, *spatial), (1, *kernel_size), (1, *stride)
     depth = spatial[0] if len(spatial) == 3 else None
-    return LayerShape(x.shape[0], x.shape[1], kernels.shape[1], spatial[-2], spatial[-1], kernel_size, stride,
+    return LayerShape(x.shape[0], x.shape[1], weight_shape[0], spatial[-2], spatial[-1], kernel_size, stride,
                       groups, cells, False, False, False, depth)
 
 
-def select_per_sample(layer_choice: Optional[str], x, kernels, stride, groups: int, cells: int) -> str:
+def select_per_sample(layer_choice: Optional[str], x, weight_shape, stride, groups: int, cells: int) -> str:
     """The formulation of a layer that builds its own per-sample kernel (KernelWarehouse): the registry's
     formulations take the ODConv factors, and the one way to run a finished per-sample kernel is ``grouped``'s
     conv over the batch (formulations.grouped.conv_per_sample). Recorded for `explain` with reason "only"; a
@@ -258,13 +258,13 @@ def select_per_sample(layer_choice: Optional[str], x, kernels, stride, groups: i
     forced = layer_choice if layer_choice is not None else _current_forced()
     shape = None
     if forced is not None and forced != PER_SAMPLE_FORMULATION:
-        shape = per_sample_shape(x, kernels, stride, groups, cells)
+        shape = per_sample_shape(x, weight_shape, stride, groups, cells)
         raise ValueError(f"ODConv formulation {forced!r} cannot compute {describe(shape)} with a per-sample kernel "
                          f"(KernelWarehouse); formulations that can: ['{PER_SAMPLE_FORMULATION}']")
     decision = Decision(PER_SAMPLE_FORMULATION, "forced" if forced is not None else "only")
     if _recorders:
         calls, label = _recorders[-1]
-        calls.append((label(), shape or per_sample_shape(x, kernels, stride, groups, cells), decision))
+        calls.append((label(), shape or per_sample_shape(x, weight_shape, stride, groups, cells), decision))
     return decision.formulation
 
 

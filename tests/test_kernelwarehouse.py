@@ -12,7 +12,7 @@ from torch import nn
 
 import odconv
 from kw_reference import CONVS, Probe, conv_of, longest_kw_sum, reference_kw
-from odconv import KWConv2d, KWLinear, WarehouseManager, build_warehouses, explain
+from odconv import KWConv2d, KWConvNd, KWLinear, WarehouseManager, build_warehouses, explain
 from odconv.dispatch import use_formulation
 from odconv_reference import float32_error_bound, float64_params, rel_err
 
@@ -33,6 +33,14 @@ CASES = {
     "3d": ("conv3d", dict(in_channels=4, out_channels=8, kernel_size=3, stride=(1, 2, 2), padding=1),
            None, {}, (2, 4, 3, 4, 5)),
     "linear": ("linear", dict(in_channels=12, out_channels=10, bias=True), None, dict(norm="layer"), (3, 4, 12)),
+    # Maps smaller than the kernel: only the taps that ever see data are assembled and convolved (the centre tap on
+    # 1x1 maps, as in ResNet18's last stage at 32px; one tap of a dilated kernel; two of three dims in 3-D).
+    "2d-1x1-map": ("conv2d", dict(in_channels=8, out_channels=16, kernel_size=3, padding=1), None, {}, (3, 8, 1, 1)),
+    "2d-dilated-2x2-map": ("conv2d", dict(in_channels=8, out_channels=8, kernel_size=3, padding=2, dilation=2), None,
+                           dict(cell_num_ratio=2), (3, 8, 2, 2)),
+    "1d-length-1": ("conv1d", dict(in_channels=6, out_channels=8, kernel_size=5, padding=2, bias=True), None, {},
+                    (3, 6, 1)),
+    "3d-thin": ("conv3d", dict(in_channels=4, out_channels=8, kernel_size=3, padding=1), None, {}, (2, 4, 1, 3, 1)),
 }
 TAUS = (1.0, 0.5, 0.0)
 
@@ -261,3 +269,28 @@ def test_bf16_autocast_follows_float32(case):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in probe.parameters())
     bound = 4 * 2.0 ** -8 * longest_kw_sum(layer64, x, y32) ** 0.5
     assert rel_err(y16, y32) < bound
+
+
+@pytest.mark.parametrize("case, taps", [("2d-1x1-map", (1, 1)), ("2d-dilated-2x2-map", (1, 1)), ("1d-length-1", (1,)),
+                                        ("3d-thin", (1, 3, 1)), ("2d", (3, 3)), ("3d", (3, 3, 3))])
+def test_only_the_taps_that_see_data_are_assembled(case, taps, monkeypatch):
+    """The float64 test above covers these cases' outputs and gradients; here, that the kernel built really is cut."""
+    probe, layer = build(case)
+    built = []
+    assemble = KWConvNd.assemble
+    monkeypatch.setattr(KWConvNd, "assemble", lambda self, *a: built.append(assemble(self, *a).shape[3:]) or
+                        assemble(self, *a))
+    probe(torch.randn(CASES[case][4], dtype=torch.float64))
+    assert built == [taps]
+
+
+def test_data_tap_box():
+    from odconv.formulations.grouped import data_tap_box
+
+    assert data_tap_box((1, 1), (3, 3), (1, 1), (1, 1), (1, 1)) == ((slice(1, 2), slice(1, 2)), (0, 0))
+    assert data_tap_box((1, 1), (7, 7), (2, 2), (3, 3), (1, 1)) == ((slice(3, 4), slice(3, 4)), (0, 0))
+    assert data_tap_box((2, 2), (3, 3), (1, 1), (2, 2), (2, 2)) == ((slice(1, 2), slice(1, 2)), (0, 0))
+    assert data_tap_box((1, 5), (3, 3), (1, 1), (1, 1), (1, 1)) == ((slice(1, 2), slice(0, 3)), (0, 1))
+    assert data_tap_box((2, 2), (3, 3), (1, 1), (1, 1), (1, 1)) is None  # every tap sees data somewhere
+    assert data_tap_box((2, 2), (3, 3), (2, 2), (1, 1), (1, 1)) is None  # taps 1-2 only: asymmetric padding
+    assert data_tap_box((1, 1), (3, 3), (1, 1), (0, 0), (1, 1)) is None  # no output at all

@@ -55,6 +55,32 @@ class _MixedSpatialKernels(torch.autograd.Function):
         return g_kernel, g_spatial, g_weight
 
 
+def data_tap_box(spatial, kernel_size, stride, padding, dilation) -> Optional[tuple[tuple[slice, ...], tuple[int, ...]]]:
+    """Where a kernel's taps that ever land on the input lie: (a slice of taps per spatial dim, the padding that
+    the cropped kernel needs), or None where every tap does (or cropping would need asymmetric padding).
+
+    On maps smaller than the kernel, taps that only ever see the zero padding contribute nothing: at 32px input
+    ResNet18's last stage runs its 3x3 convs on 1x1 maps, where only the centre tap sees data. A conv with the
+    kernel cut to the box and the padding reduced by the taps cut gives the same output, with the same shape.
+    """
+    box, pads = [], []
+    for n, k, s, p, d in zip(spatial, kernel_size, stride, padding, dilation):
+        out = (n + 2 * p - d * (k - 1) - 1) // s + 1
+        # tap i lands on input positions o*s + i*d - p, o < out; it sees data if one of them is in [0, n)
+        touching = [i for i in range(k) if (first := max(0, -((i * d - p) // s))) < out and first * s + i * d - p < n]
+        if not touching:  # no output (the conv itself will say why)
+            return None
+        lo, hi = touching[0], touching[-1] + 1
+        left, right = p - lo * d, p - (k - hi) * d
+        if left != right or left < 0:
+            return None
+        box.append(slice(lo, hi))
+        pads.append(left)
+    if all(b.stop - b.start == k for b, k in zip(box, kernel_size)):
+        return None
+    return tuple(box), tuple(pads)
+
+
 def conv_per_sample(x: Tensor, kernels: Tensor, stride, padding, dilation, groups: int) -> Tensor:
     """y[b] = conv(x[b], kernels[b]) for 1-, 2- or 3-D inputs: the batch seen as one sample of B * C channels and
     one conv with ``groups = B * groups``. `kernels` is (B, O, I/g, k...); used by layers that build their own
