@@ -236,7 +236,14 @@ def select(layer_choice: Optional[str], x, weight, channel, filt, spatial, kerne
     return d.formulation
 
 
-PER_SAMPLE_FORMULATION = "grouped"
+# A ready per-sample kernel (KernelWarehouse) runs as grouped's conv over the batch (formulations.grouped.
+# conv_per_sample) or, 1-D and 2-D with groups 1, as bmm's batched GEMM per sample and tap (formulations.bmm.
+# conv_per_sample_taps), which the rule picks where the kernel dwarfs the maps: out_channels * taps >= this ratio
+# times the output pixels. Measured per layer at batch 64 (forward + backward, 1 thread; BENCHMARKS.md): bmm 2.4-3.3x
+# faster at 1x1-4x4 maps with 128-512 channels (ratio 72-4608) and at 128 channels 8x8 (18); the grouped conv
+# faster at 64 channels 8x8 (9: 46 against 50 ms) and 16x16 (2.25: 61 against 210 ms).
+PER_SAMPLE_FORMULATIONS = ("grouped", "bmm")
+PER_SAMPLE_BMM_RATIO = 12
 
 
 def per_sample_shape(x, weight_shape, stride, groups: int, cells: int) -> LayerShape:
@@ -250,18 +257,29 @@ def per_sample_shape(x, weight_shape, stride, groups: int, cells: int) -> LayerS
                       groups, cells, False, False, False, depth)
 
 
-def select_per_sample(layer_choice: Optional[str], x, weight_shape, stride, groups: int, cells: int) -> str:
-    """The formulation of a layer that builds its own per-sample kernel (KernelWarehouse): the registry's
-    formulations take the ODConv factors, and the one way to run a finished per-sample kernel is ``grouped``'s
-    conv over the batch (formulations.grouped.conv_per_sample). Recorded for `explain` with reason "only"; a
-    forced other formulation is an error, as for any call it cannot compute."""
+def select_per_sample(layer_choice: Optional[str], x, weight_shape, stride, padding, dilation, groups: int,
+                      cells: int) -> str:
+    """The formulation of a layer that builds its own per-sample kernel (KernelWarehouse): ``grouped`` (any call)
+    or ``bmm`` (1-D and 2-D, groups 1), forced or by the rule: ``bmm`` where out_channels * taps is at least
+    PER_SAMPLE_BMM_RATIO times the output pixels per sample. Recorded for `explain` (reason "only" where one of them can compute the call); a forced
+    formulation that cannot compute the call is an error, as for any call."""
+    dims = x.dim() - 2
+    can = [f for f in PER_SAMPLE_FORMULATIONS if f == "grouped" or (dims <= 2 and groups == 1)]
     forced = layer_choice if layer_choice is not None else _current_forced()
     shape = None
-    if forced is not None and forced != PER_SAMPLE_FORMULATION:
+    if forced is not None and forced not in can:
         shape = per_sample_shape(x, weight_shape, stride, groups, cells)
         raise ValueError(f"ODConv formulation {forced!r} cannot compute {describe(shape)} with a per-sample kernel "
-                         f"(KernelWarehouse); formulations that can: ['{PER_SAMPLE_FORMULATION}']")
-    decision = Decision(PER_SAMPLE_FORMULATION, "forced" if forced is not None else "only")
+                         f"(KernelWarehouse); formulations that can: {can}")
+    if forced is not None:
+        decision = Decision(forced, "forced")
+    elif len(can) == 1:
+        decision = Decision(can[0], "only")
+    else:
+        pixels = math.prod((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in
+                           zip(x.shape[2:], weight_shape[2:], stride, padding, dilation))
+        kernel_per_pixel = weight_shape[0] * math.prod(weight_shape[2:])
+        decision = Decision("bmm" if kernel_per_pixel >= PER_SAMPLE_BMM_RATIO * pixels else "grouped", "rule")
     if _recorders:
         calls, label = _recorders[-1]
         calls.append((label(), shape or per_sample_shape(x, weight_shape, stride, groups, cells), decision))

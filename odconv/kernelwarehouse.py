@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .dispatch import select_per_sample
+from .formulations.bmm import conv_per_sample_taps
 from .formulations.grouped import conv_per_sample, data_tap_box
 
 IntOrTuple = Union[int, Sequence[int]]
@@ -214,12 +215,10 @@ class KWConvNd(nn.Module):
                                "(reserve/add), then call the manager's store() and allocate(network)")
         return self._manager[0].take_cell(self.warehouse_id)
 
-    def assemble(self, alpha: Tensor, cells: Tensor, box: Optional[tuple[slice, ...]] = None) -> Tensor:
-        """Per-sample kernels (B, C_out, C_in/g, k...) from the cell weights alpha (B, m, n) and the warehouse.
-
-        Mixtures run (spatial, out-group, in-group), spatial slowest, as released; a mixture's c_out x c_in cell
-        lands at out-group o, in-group i, kernel tap s. With `box` (a slice of taps per spatial dim; cells of one
-        tap only) just those taps' mixtures are assembled: (B, C_out, C_in/g, *box sizes)."""
+    def _mixed_cells(self, alpha: Tensor, cells: Tensor, box) -> tuple[Tensor, tuple[int, ...]]:
+        """The cells mixed by alpha (B, m, n): (B, taps, out-group, in-group, c_out, c_in) and the kernel's taps.
+        Mixtures run (spatial, out-group, in-group), spatial slowest, as released. With `box` (a slice of taps per
+        spatial dim) just those taps' mixtures are computed."""
         b, n = alpha.shape[0], cells.shape[0]
         taps = self.kernel_size
         if box is not None:
@@ -227,20 +226,39 @@ class KWConvNd(nn.Module):
             taps = tuple(t.stop - t.start for t in box)
         mixed = alpha.reshape(-1, n) @ cells.reshape(n, -1).to(alpha.dtype)  # (B*m, c_out*c_in)
         c_out, c_in = self.cell_shape[:2]
-        mixed = mixed.view(b, -1, self.groups_out, self.groups_in, c_out, c_in)
+        return mixed.view(b, -1, self.groups_out, self.groups_in, c_out, c_in), taps
+
+    def assemble(self, alpha: Tensor, cells: Tensor, box: Optional[tuple[slice, ...]] = None) -> Tensor:
+        """Per-sample kernels (B, C_out, C_in/g, k...) from the cell weights alpha (B, m, n) and the warehouse: a
+        mixture's c_out x c_in cell lands at out-group o, in-group i, kernel tap s. With `box`, only the taps in
+        it: (B, C_out, C_in/g, *box sizes)."""
+        mixed, taps = self._mixed_cells(alpha, cells, box)
         # -> (B, out-group, c_out, in-group, c_in, tap): output channel o*c_out + r, input channel i*c_in + s.
-        mixed = mixed.permute(0, 2, 4, 3, 5, 1)
-        return mixed.reshape(b, *self.weight_shape[:2], *taps)
+        return mixed.permute(0, 2, 4, 3, 5, 1).reshape(alpha.shape[0], *self.weight_shape[:2], *taps)
+
+    def assemble_tap_major(self, alpha: Tensor, cells: Tensor, box: Optional[tuple[slice, ...]] = None) -> Tensor:
+        """The same kernels tap-major, (B, taps, C_out, C_in/g): the GEMM's own output order (no transposition
+        where the in-groups are 1), as `conv_per_sample_taps` takes them."""
+        mixed, taps = self._mixed_cells(alpha, cells, box)
+        if self.groups_in > 1:
+            mixed = mixed.permute(0, 1, 2, 4, 3, 5)
+        return mixed.reshape(alpha.shape[0], math.prod(taps), *self.weight_shape[:2])
 
     def forward(self, x: Tensor) -> Tensor:
         cells = self.warehouse()
-        select_per_sample(self.formulation, x, self.weight_shape, self.stride, self.groups, cells.shape[0])
+        formulation = select_per_sample(self.formulation, x, self.weight_shape, self.stride, self.padding,
+                                        self.dilation, self.groups, cells.shape[0])
         alpha = self.attention(x)
         # Taps that only ever see the padding (maps smaller than the kernel) are neither assembled nor convolved.
         crop = data_tap_box(x.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation)
         box, padding = crop if crop is not None else (None, self.padding)
-        kernels = self.assemble(alpha, cells, box)
-        out = conv_per_sample(x, kernels, self.stride, padding, self.dilation, self.groups)
+        kernel_size = tuple(t.stop - t.start for t in box) if box is not None else self.kernel_size
+        if formulation == "bmm":
+            kernels = self.assemble_tap_major(alpha, cells, box)
+            out = conv_per_sample_taps(x, kernels, kernel_size, self.stride, padding, self.dilation)
+        else:
+            kernels = self.assemble(alpha, cells, box)
+            out = conv_per_sample(x, kernels, self.stride, padding, self.dilation, self.groups)
         if self.bias is not None:
             out = out + self.bias.view(1, -1, *([1] * self.dimension)).to(out.dtype)
         return out

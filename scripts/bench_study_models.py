@@ -2,10 +2,11 @@
 later members with --models).
 
     python scripts/bench_study_models.py [--threads 1] [--batch 64] [--size 32] [--repeats 3] [--models static kw1x]
-        [--all-taps]
+        [--before]
 
---all-taps adds, for each KernelWarehouse model, the same model assembling and convolving every kernel tap, also
-those that only ever see the padding on maps smaller than the kernel (what KWConvNd did before it cut them).
+--before adds, for each KernelWarehouse model, the same model run as KWConvNd ran before 2026-12-03: every kernel
+tap assembled and convolved, also those that only ever see the padding on maps smaller than the kernel, and every
+call as the grouped conv over the batch (no per-tap batched GEMM).
 
 One step = forward, cross-entropy, backward and an SGD step on random data, on the process's CPU time (repeatable on
 a loaded machine), the minimum over --repeats after a warm-up step. Times the rules' dispatch of this checkout; to
@@ -22,7 +23,7 @@ import timm
 import torch
 
 import models  # noqa: F401  registers the zoo
-from odconv import kernelwarehouse
+from odconv import dispatch, kernelwarehouse
 
 MODELS = {"static": ("static_resnet18", {}), "od1x": ("od_resnet18", dict(kernel_num=1)),
           "od4x": ("od_resnet18", dict(kernel_num=4)), "dyconv4x": ("dyconv_resnet18", {}),
@@ -50,7 +51,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--models", nargs="+", default=list(DEFAULT), choices=list(MODELS))
-    p.add_argument("--all-taps", action="store_true", help="also time KW models without cutting the padding-only taps")
+    p.add_argument("--before", action="store_true", help="also time KW models as they ran before the padding-only "
+                   "taps were cut and small maps went to the batched GEMM")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -58,18 +60,19 @@ def main() -> None:
     y = torch.randint(0, 10, (a.batch,))
     print(f"batch {a.batch}, {a.size}px, {a.threads} thread(s): CPU seconds per training step")
     variants = [(label, False) for label in a.models]
-    if a.all_taps:
+    if a.before:
         variants += [(label, True) for label in a.models if label.startswith("kw")]
-    for label, all_taps in variants:
+    for label, before in variants:
         name, kwargs = MODELS[label]
         model = timm.create_model(name, num_classes=10, **kwargs)
         with contextlib.ExitStack() as stack:
-            if all_taps:  # the kernel cut to the taps that see data is never built: every tap, as before
+            if before:  # every tap assembled, and the grouped conv for every call
                 stack.enter_context(mock.patch.object(kernelwarehouse, "data_tap_box", lambda *args: None))
+                stack.enter_context(mock.patch.object(dispatch, "PER_SAMPLE_BMM_RATIO", float("inf")))
             step = _step_seconds(model, x, y, a.repeats)
         if not step > 0:  # a clock that did not tick: no row rather than a 0.00 that reads as a measurement
             raise SystemExit(f"{label}: a training step measured {step} CPU seconds; the timer is broken")
-        print(f"{label + (' (all taps)' if all_taps else ''):>20s} {step:6.2f}", flush=True)
+        print(f"{label + (' (before)' if before else ''):>20s} {step:6.2f}", flush=True)
 
 
 if __name__ == "__main__":

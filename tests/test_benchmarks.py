@@ -140,12 +140,12 @@ def test_study_models_probe_prints_a_step_time_for_each_model(capsys, monkeypatc
     assert header.startswith("batch 2, 16px, 1 thread(s)")
     assert [r.split()[0] for r in rows] == list(module.DEFAULT)
     assert all(re.fullmatch(r"\d+\.\d\d", r.split()[1]) for r in rows), rows  # CPU seconds (>0: the script's check)
-    # A KernelWarehouse model beside itself assembling every tap (the padding-only ones too, as before the cut).
+    # A KernelWarehouse model beside itself as it ran before (every tap assembled, the grouped conv for every call).
     monkeypatch.setattr(sys, "argv", ["bench_study_models.py", "--batch", "2", "--size", "8", "--repeats", "1",
-                                      "--models", "kw1x", "--all-taps"])
+                                      "--models", "kw1x", "--before"])
     module.main()
     header, *rows = capsys.readouterr().out.strip().splitlines()
-    assert [r.rsplit(maxsplit=1)[0].strip() for r in rows] == ["kw1x", "kw1x (all taps)"]
+    assert [r.rsplit(maxsplit=1)[0].strip() for r in rows] == ["kw1x", "kw1x (before)"]
 
 
 def test_a_step_that_takes_no_time_is_refused_not_tabled():

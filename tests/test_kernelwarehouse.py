@@ -89,15 +89,26 @@ def _reference_grads(probe, layer, x, grad_out, training, tau):
     return x64, y, p
 
 
+def _bmm_computes(case: str) -> bool:
+    """Whether the per-sample bmm (1-D and 2-D, groups 1) can run the case's layer."""
+    layer_type, args = CASES[case][:2]
+    return layer_type != "conv3d" and args.get("groups", 1) == 1
+
+
+# Each case under each per-sample formulation that can compute it (the rule picks by output size).
+FORMULATION_CASES = [(case, f) for case in CASES for f in ("grouped", "bmm") if f == "grouped" or _bmm_computes(case)]
+
+
 @pytest.mark.parametrize("tau", TAUS)
-@pytest.mark.parametrize("case", list(CASES))
-def test_float64_matches_per_sample_reference(case, tau):
+@pytest.mark.parametrize("case, formulation", FORMULATION_CASES)
+def test_float64_matches_per_sample_reference(case, formulation, tau):
     probe, layer = build(case)
     odconv.set_temperature(probe, tau)
     training = case != "2d-grouped-4x"  # one case with the attention's BatchNorm in eval mode (running statistics)
     probe.train(training)
     x = torch.randn(CASES[case][4], dtype=torch.float64)
-    x, y, grad_out = _grads(probe, x)
+    with use_formulation(formulation):
+        x, y, grad_out = _grads(probe, x)
     x64, y_ref, p = _reference_grads(probe, layer, x, grad_out, training, tau)
     assert y.shape == y_ref.shape
     tol = 1e-10
@@ -238,6 +249,20 @@ def test_explain_reports_the_per_sample_conv_and_forcing_is_checked():
         probe(x)
 
 
+def test_the_rule_runs_small_outputs_as_a_batched_gemm_per_tap():
+    from odconv.dispatch import PER_SAMPLE_BMM_RATIO
+
+    probe, _ = build("2d", dtype=torch.float32)  # 16 outputs x 9 taps
+    for hw, formulation in (((6, 5), "bmm"), ((12, 12), "grouped")):  # 3x3 and 6x6 outputs
+        [row] = explain(probe, torch.randn(3, 8, *hw))
+        assert (row.formulation, row.reason) == (formulation, "rule")
+    assert 16 * 9 / 36 < PER_SAMPLE_BMM_RATIO <= 16 * 9 / 9
+    probe, _ = build("2d-grouped-4x", dtype=torch.float32)  # groups 2: the conv over the batch only
+    assert [(r.formulation, r.reason) for r in explain(probe, torch.randn(3, 8, 1, 1))] == [("grouped", "only")]
+    with use_formulation("bmm"), pytest.raises(ValueError, match="formulations that can: \\['grouped'\\]"):
+        probe(torch.randn(3, 8, 1, 1))
+
+
 def test_factory_builds_an_unattached_kw_conv():
     layer = odconv.create_dynamic_conv("kw", 8, 16, 3, 1, 1)
     assert isinstance(layer, KWConv2d) and layer.attention is None and layer.padding == (1, 1)
@@ -277,11 +302,19 @@ def test_only_the_taps_that_see_data_are_assembled(case, taps, monkeypatch):
     """The float64 test above covers these cases' outputs and gradients; here, that the kernel built really is cut."""
     probe, layer = build(case)
     built = []
-    assemble = KWConvNd.assemble
-    monkeypatch.setattr(KWConvNd, "assemble", lambda self, *a: built.append(assemble(self, *a).shape[3:]) or
-                        assemble(self, *a))
-    probe(torch.randn(CASES[case][4], dtype=torch.float64))
-    assert built == [taps]
+    mixed_cells = KWConvNd._mixed_cells
+
+    def recorded(self, *args):
+        mixed, kernel_taps = mixed_cells(self, *args)
+        built.append(kernel_taps)
+        return mixed, kernel_taps
+
+    monkeypatch.setattr(KWConvNd, "_mixed_cells", recorded)
+    for formulation in ("grouped", "bmm") if _bmm_computes(case) else ("grouped",):
+        built.clear()
+        with use_formulation(formulation):
+            probe(torch.randn(CASES[case][4], dtype=torch.float64))
+        assert built == [taps], formulation
 
 
 def test_data_tap_box():

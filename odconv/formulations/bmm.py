@@ -5,6 +5,7 @@ there). No grouped convolution, whose CPU kernels are slow for many groups. ``gr
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .common import Formulation, col2im_nhwc, im2col_nhwc, like_input, ungrouped
@@ -63,3 +64,26 @@ def odconv2d_bmm(x, weight, channel, filt, spatial, kernel, stride, padding, dil
 
 
 FORMULATION = Formulation("bmm", odconv2d_bmm, ungrouped)
+
+
+def conv_per_sample_taps(x: Tensor, kernels: Tensor, kernel_size, stride, padding, dilation) -> Tensor:
+    """y[b] = conv(x[b], W[b]) for a 1-D or 2-D input and groups 1, the per-sample kernel given tap-major,
+    (B, T, O, I) with T = prod(kernel_size) (the order KernelWarehouse assembles it in, so it is never
+    transposed): one batched GEMM per sample and tap of the tap's (O, I) matrix with the input pixels that tap
+    reads, then the sum over taps.
+
+    On small maps this replaces the grouped conv over the batch, whose CPU kernels are slowest there (a ResNet18
+    layer3 conv at 2x2, batch 64: 0.6 s of backward), and the two transpositions of a per-sample kernel of
+    B*O*I*T elements that the grouped conv's layout needs (BENCHMARKS.md, the family's later members)."""
+    if x.dim() == 3:  # 1-D: one row of a 2-D map
+        return conv_per_sample_taps(x.unsqueeze(2), kernels, (1, *kernel_size), (1, *stride), (0, *padding),
+                                    (1, *dilation)).squeeze(2)
+    b, c, h, w = x.shape
+    t, o = kernels.shape[1], kernels.shape[2]
+    out_hw = [(n + 2 * p - d * (k - 1) - 1) // s + 1
+              for n, k, s, p, d in zip((h, w), kernel_size, stride, padding, dilation)]
+    cols = F.unfold(x, tuple(kernel_size), dilation=tuple(dilation), padding=tuple(padding), stride=tuple(stride))
+    cols = cols.view(b, c, t, -1).transpose(1, 2).reshape(b * t, c, -1)  # (B*T, I, L): the input, T times
+    out = torch.bmm(kernels.reshape(b * t, o, c).to(cols.dtype), cols).view(b, t, o, -1)
+    out = out.squeeze(1) if t == 1 else out.sum(1)
+    return out.view(b, o, *out_hw)
