@@ -111,7 +111,9 @@ def test_trains_a_step_and_tau_starts_as_a_static_network():
     torch.nn.functional.cross_entropy(model(x), y).backward()
     assert model.layer1[0].conv1.attention.fc2.weight.grad.abs().sum() > 0
     rows = odconv.explain(model.eval(), x[:1])
-    assert len(rows) == 19 and {r.reason for r in rows} == {"only"}  # 16 block convs and 3 strided shortcuts
+    assert len(rows) == 19 and {r.reason for r in rows} == {"rule"}  # 16 block convs and 3 strided shortcuts
+    # 16px input: 4x4 maps in stage 1 (64 x 9 >= 12 x 16: the batched GEMM per tap) down to 1x1 in stage 4
+    assert {r.formulation for r in rows} == {"bmm"}
 
 
 def test_registered_with_timm_and_bad_ratio():
