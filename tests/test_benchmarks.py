@@ -62,6 +62,13 @@ def test_cpu_probes_print_throughput_and_the_fresh_memory_ratio(capsys):
     assert len(re.findall(r"ratio\s+[\d.]+", out)) == 4
 
 
+def test_per_sample_probe_prints_both_formulations_per_layer(capsys):
+    bench_cpu_probes.main(["--threads", "1", "--probes", "per_sample", "--batch", "2"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+    assert len(rows) == 7
+    assert all(re.search(r"grouped\s+[\d.]+\s+bmm\s+[\d.]+\s+ratio\s+[\d.]+\s+(bmm|grouped) faster", r) for r in rows)
+
+
 @pytest.mark.parametrize("kernel_num", [1, 4])
 def test_no_formulation_keeps_more_for_backward_than_the_released_code(kernel_num):
     torch.manual_seed(0)
