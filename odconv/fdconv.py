@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .formulations.grouped import data_tap_box
 from .fdconv_modules import (
     GATE_ACTS,
     FrequencyBandModulation,
@@ -175,11 +176,18 @@ class FDConv2d(nn.Conv2d):
                              "more than one sample")
         pooled = F.adaptive_avg_pool2d(x, 1)
         channel, filt, spatial, band_gates = self.KSM_Global(pooled)
-        weight = self.dynamic_kernel(band_gates, b)
+        # Taps that only ever see the padding (maps smaller than the kernel: ResNet18's last stage at 32px has 1x1
+        # maps) are cut from the kernel right after the inverse FFT, so none of the kernel-sized gate products
+        # below, and none of what autograd keeps of them, is built for them; the conv then runs on the cut kernel
+        # with the padding reduced by as much: the same output.
+        crop = data_tap_box((h, w), self.kernel_size, self.stride, self.padding, self.dilation)
+        box, padding = crop if crop is not None else ((slice(None), slice(None)), self.padding)
+        weight = self.dynamic_kernel(band_gates, b)[..., box[0], box[1]]
+        kh, kw = weight.shape[-2:]
         if spatial is not None:
-            weight = spatial.view(b, 1, 1, k, k) * weight
+            weight = spatial.view(b, 1, 1, k, k)[..., box[0], box[1]] * weight
         if self.use_ksm_local:
-            local = self.KSM_Local(pooled).view(b, cin, self.out_channels, k, k).transpose(1, 2)
+            local = self.KSM_Local(pooled).view(b, cin, self.out_channels, k, k)[..., box[0], box[1]].transpose(1, 2)
             weight = weight * gate(local, self.ksm_local_act, self.att_multi)
         if hasattr(self, "FBM"):
             x = self.FBM(x)
@@ -193,8 +201,8 @@ class FDConv2d(nn.Conv2d):
                 weight = weight * filt.view(b, -1, 1, 1, 1)
         elif channel is not None:
             x = x * channel.view(b, cin, 1, 1).to(x.dtype)
-        out = F.conv2d(x.reshape(1, b * cin, *x.shape[-2:]), weight.reshape(b * self.out_channels, cin, k, k),
-                       None, self.stride, self.padding, self.dilation, b)
+        out = F.conv2d(x.reshape(1, b * cin, *x.shape[-2:]), weight.reshape(b * self.out_channels, cin, kh, kw),
+                       None, self.stride, padding, self.dilation, b)
         out = out.view(b, self.out_channels, *out.shape[-2:])
         if filt is not None and not on_kernel:
             out = out * filt.view(b, -1, 1, 1)

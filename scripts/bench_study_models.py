@@ -4,9 +4,9 @@ later members with --models).
     python scripts/bench_study_models.py [--threads 1] [--batch 64] [--size 32] [--repeats 3] [--models static kw1x]
         [--before]
 
---before adds, for each KernelWarehouse model, the same model run as KWConvNd ran before 2026-12-03: every kernel
-tap assembled and convolved, also those that only ever see the padding on maps smaller than the kernel, and every
-call as the grouped conv over the batch (no per-tap batched GEMM).
+--before adds, for each KernelWarehouse and FDConv model, the same model run as it ran before 2026-12-03: every
+kernel tap built and convolved, also those that only ever see the padding on maps smaller than the kernel, and (KW)
+every call as the grouped conv over the batch (no per-tap batched GEMM).
 
 One step = forward, cross-entropy, backward and an SGD step on random data, on the process's CPU time (repeatable on
 a loaded machine), the minimum over --repeats after a warm-up step. Times the rules' dispatch of this checkout; to
@@ -23,7 +23,7 @@ import timm
 import torch
 
 import models  # noqa: F401  registers the zoo
-from odconv import dispatch, kernelwarehouse
+from odconv import dispatch, fdconv, kernelwarehouse
 
 MODELS = {"static": ("static_resnet18", {}), "od1x": ("od_resnet18", dict(kernel_num=1)),
           "od4x": ("od_resnet18", dict(kernel_num=4)), "dyconv4x": ("dyconv_resnet18", {}),
@@ -51,8 +51,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--models", nargs="+", default=list(DEFAULT), choices=list(MODELS))
-    p.add_argument("--before", action="store_true", help="also time KW models as they ran before the padding-only "
-                   "taps were cut and small maps went to the batched GEMM")
+    p.add_argument("--before", action="store_true", help="also time KW and FDConv models as they ran before the "
+                   "padding-only taps were cut (and, KW, small maps went to the batched GEMM)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -61,13 +61,14 @@ def main() -> None:
     print(f"batch {a.batch}, {a.size}px, {a.threads} thread(s): CPU seconds per training step")
     variants = [(label, False) for label in a.models]
     if a.before:
-        variants += [(label, True) for label in a.models if label.startswith("kw")]
+        variants += [(label, True) for label in a.models if label.startswith(("kw", "fdconv"))]
     for label, before in variants:
         name, kwargs = MODELS[label]
         model = timm.create_model(name, num_classes=10, **kwargs)
         with contextlib.ExitStack() as stack:
             if before:  # every tap assembled, and the grouped conv for every call
                 stack.enter_context(mock.patch.object(kernelwarehouse, "data_tap_box", lambda *args: None))
+                stack.enter_context(mock.patch.object(fdconv, "data_tap_box", lambda *args: None))
                 stack.enter_context(mock.patch.object(dispatch, "PER_SAMPLE_BMM_RATIO", float("inf")))
             step = _step_seconds(model, x, y, a.repeats)
         if not step > 0:  # a clock that did not tick: no row rather than a 0.00 that reads as a measurement

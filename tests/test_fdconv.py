@@ -29,6 +29,10 @@ CASES = {
     "weight-param-lowfreq": (32, 40, 3, 1, 2, 6, 10, dict(kernel_num=8, convert_param=False,
                                                           fbm_cfg=dict(lowfreq_att=True))),
     "bands-only": (24, 32, 3, 1, 2, 8, 8, dict(kernel_num=4, ksm_only_kernel_att=True, use_ksm_local=False)),
+    # maps smaller than the kernel: only the taps that see data are kept after the inverse FFT (the centre on a
+    # 1x1 map, as in ResNet18's last stage at 32px; the middle row on a 1-pixel-high map)
+    "3x3-on-1x1-map": (32, 48, 3, 1, 3, 1, 1, dict(kernel_num=8)),
+    "3x3-on-1-row": (32, 24, 3, 1, 2, 1, 6, dict(kernel_num=4, param_ratio=2)),
 }
 
 
@@ -272,3 +276,19 @@ def test_exact_init_gates_are_one_and_training_moves_them():
             single.dft_weight.copy_(dft_weight_from_weight(conv.weight))
             single.bias.copy_(conv.bias)
             assert rel_err(single(x), conv(x)) < exact_copy_float32_tolerance([single], max_hw=10 * 10)
+
+
+@pytest.mark.parametrize("name, taps", [("3x3-on-1x1-map", (1, 1)), ("3x3-on-1-row", (1, 3)), ("3x3-on-features", (3, 3))])
+def test_only_the_taps_that_see_data_are_gated_and_convolved(name, taps, monkeypatch):
+    """The float64 test above covers these cases' outputs and gradients; here, that the kernel really is cut."""
+    layer, x = _layer(name)
+    kernels = []
+    conv2d = torch.nn.functional.conv2d
+
+    def recorded(inp, weight, *args):
+        kernels.append(tuple(weight.shape[-2:]))
+        return conv2d(inp, weight, *args)
+
+    monkeypatch.setattr(torch.nn.functional, "conv2d", recorded)
+    layer.train()(x)
+    assert kernels[-1] == taps  # the last conv2d call is the layer's own (FBM and the gates run theirs first)
