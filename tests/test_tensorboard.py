@@ -76,3 +76,17 @@ def test_a_resumed_run_writes_each_step_once(cache_dir, tmp_path):
     train = [r for r in lines if r["kind"] == "train"]
     assert [s.step for s in events.Scalars("train/loss")] == [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
     assert [s.value for s in events.Scalars("train/loss")] == pytest.approx([r["loss"] for r in train], rel=1e-6)
+
+
+def test_the_console_line_shows_the_temperature_only_for_models_that_have_one(tmp_path, capsys):
+    from train.runlog import RunLogger
+
+    shown = {}
+    for name in ("od_resnet18", "kw_resnet18", "static_resnet18", "dcd_resnet18", "fd_resnet18"):
+        log = RunLogger(tmp_path / name, is_main=True)
+        log.config = {"model": {"name": name}}
+        log.train_line(epoch=0, epochs=2, batch=5, batches=22, loss=1.0, lr=0.1, temperature=26.7, images_per_s=50,
+                       eta_s=60)
+        shown[name] = " T 26.70 " in capsys.readouterr().out
+    assert shown == {"od_resnet18": True, "kw_resnet18": True, "static_resnet18": False, "dcd_resnet18": False,
+                     "fd_resnet18": False}

@@ -78,8 +78,11 @@ class RunLogger:
     def train_line(self, *, epoch: int, epochs: int, batch: int, batches: int, loss: float, lr: float,
                    temperature: float, images_per_s: float, eta_s: float) -> None:
         if self.is_main and self.progress:
+            # The temperature only for models that have one (a static, CondConv, DCD or FDConv run would show the
+            # schedule's value, which nothing reads).
+            t = f"T {temperature:.2f} " if dashboard.has_temperature(self.config) else ""
             print(f"epoch {epoch + 1}/{epochs} [{batch}/{batches}] loss {loss:.4f} lr {lr:.4g} "
-                  f"T {temperature:.2f} {images_per_s:.0f} img/s eta {_fmt_time(eta_s)}", flush=True)
+                  f"{t}{images_per_s:.0f} img/s eta {_fmt_time(eta_s)}", flush=True)
 
     def write_summary(self, summary: dict) -> None:
         """summary.json, and the run's figures into the dashboards' summaries (W&B summary, TensorBoard hparams)."""
