@@ -145,6 +145,19 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(cache_dir, tmp_path):
     assert summary["status"] == "failed" and ck["step"] == summary["step"]
 
 
+def test_a_run_without_checkpoint_in_a_used_directory_sets_the_old_records_aside(reference, cache_dir, tmp_path):
+    """The run directory of a finished run whose checkpoints were deleted: the same command trains afresh, and
+    metrics.jsonl holds that run's records only; the old ones are kept beside it, not appended to."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    old = (Path(reference) / "metrics.jsonl").read_text()
+    (run_dir / "metrics.jsonl").write_text(old)
+    summary = run(compose_cfg(RESUME + [f"paths.cache_dir={cache_dir}", f"paths.run_dir={run_dir}"]))
+    assert summary["status"] == "completed" and summary["step"] == 8
+    assert (run_dir / "metrics.jsonl.1").read_text() == old
+    assert val_records(run_dir) == val_records(reference)  # one run's records, equal to the same run's
+
+
 class Interrupt:
     """Pickling it raises, as a second signal arriving in the middle of torch.save would."""
 

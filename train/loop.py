@@ -147,6 +147,8 @@ def _train(c: TrainConfig, di: DistInfo) -> dict:
     resume = distributed.broadcast_object(ctx.ckpts.last.is_file())
     if resume and distributed.all_reduce_sum([float(not ctx.ckpts.last.is_file())], di.device)[0]:
         raise ConfigError(f"{ctx.ckpts.last} is not visible on every node: put paths.run_dir on a shared filesystem")
+    if not resume:
+        log.start_fresh()
     state = _resume(ctx) if resume else State()
     if di.world_size > 1:
         ctx.net = DistributedDataParallel(model, device_ids=[di.local_rank] if di.device.type == "cuda" else None)

@@ -37,6 +37,24 @@ class RunLogger:
         if self.is_main:
             print(msg, flush=True)
 
+    def start_fresh(self) -> None:
+        """A run starting without a checkpoint in a directory that holds another run's records (its checkpoints
+        deleted, say) sets them aside as metrics.jsonl.N instead of appending to them, which would give the report
+        two runs' records under one name."""
+        if not self.is_main:
+            return
+        path = self.run_dir / "metrics.jsonl"
+        if not path.stat().st_size:
+            return
+        self._metrics.close()
+        n = 1
+        while (kept := path.with_name(f"metrics.jsonl.{n}")).exists():
+            n += 1
+        path.rename(kept)
+        self.info(f"{path} held the records of a run with no checkpoint here: kept as {kept.name}; this run starts "
+                  "afresh")
+        self._metrics = open(path, "a", buffering=1)
+
     def truncate_metrics(self, step: int) -> None:
         """On resume, drop the records of steps after the checkpoint: they are trained again."""
         if not self.is_main:
