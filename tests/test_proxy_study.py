@@ -101,7 +101,7 @@ def test_proxy_study_starts_one_train_py_per_run_also_without_overrides(tmp_path
 
 
 def test_the_later_members_compose_with_their_own_temperature_or_none(tmp_path):
-    """kw1x/kw4x take KernelWarehouse's tau schedule scaled to the demo (20 of the released 300 epochs -> 0.8 of 12),
+    """kw1x/kw4x take KernelWarehouse's tau 1 -> 0 over the first half of the demo's epochs (as the others' temperature),
     dcd and fdconv no temperature key at all (they have none, and train.py refuses one); every line composes and
     validates to the model the label names, with the study's recipe. A stand-in python records the lines."""
     from conftest import compose_cfg
@@ -124,7 +124,7 @@ def test_the_later_members_compose_with_their_own_temperature_or_none(tmp_path):
         assert c.model.name == name and c.trainer.seed == 0 and c.trainer.precise_bn_batches == 8
         assert c.sched.warmup_epochs == 2 and c.trainer.odconv_dispatch == "rules"
         if name.startswith("kw_"):
-            assert temperature == ["model.temperature_epochs=0.8"] and c.model.kw_ratio == ratio
+            assert temperature == ["model.temperature_epochs=6"] and c.model.kw_ratio == ratio
             assert (c.model.temperature_init, c.model.temperature_end) == (1.0, 0.0)  # the model option's tau 1 -> 0
         else:
             assert temperature == [], words
