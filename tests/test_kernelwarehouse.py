@@ -327,3 +327,4 @@ def test_data_tap_box():
     assert data_tap_box((2, 2), (3, 3), (1, 1), (1, 1), (1, 1)) is None  # every tap sees data somewhere
     assert data_tap_box((2, 2), (3, 3), (2, 2), (1, 1), (1, 1)) is None  # taps 1-2 only: asymmetric padding
     assert data_tap_box((1, 1), (3, 3), (1, 1), (0, 0), (1, 1)) is None  # no output at all
+    assert data_tap_box((1, 1), (3, 3), (1, 1), "same", (1, 1)) is None  # nn.Conv2d's string padding: no cut

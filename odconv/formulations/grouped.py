@@ -63,6 +63,8 @@ def data_tap_box(spatial, kernel_size, stride, padding, dilation) -> Optional[tu
     ResNet18's last stage runs its 3x3 convs on 1x1 maps, where only the centre tap sees data. A conv with the
     kernel cut to the box and the padding reduced by the taps cut gives the same output, with the same shape.
     """
+    if isinstance(padding, str):  # 'same' / 'valid' (nn.Conv2d's string padding): no cut
+        return None
     box, pads = [], []
     for n, k, s, p, d in zip(spatial, kernel_size, stride, padding, dilation):
         out = (n + 2 * p - d * (k - 1) - 1) // s + 1
