@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from .common import Formulation, any_layer, conv_nd, trailing
+from .taps import _tap_windows
 
 
 def aggregate_kernels(weight: Tensor, spatial: Optional[Tensor], kernel: Optional[Tensor]) -> Tensor:
@@ -68,8 +69,7 @@ def data_tap_box(spatial, kernel_size, stride, padding, dilation) -> Optional[tu
     box, pads = [], []
     for n, k, s, p, d in zip(spatial, kernel_size, stride, padding, dilation):
         out = (n + 2 * p - d * (k - 1) - 1) // s + 1
-        # tap i lands on input positions o*s + i*d - p, o < out; it sees data if one of them is in [0, n)
-        touching = [i for i in range(k) if (first := max(0, -((i * d - p) // s))) < out and first * s + i * d - p < n]
+        touching = [i for i, _, _ in _tap_windows(n, out, k, s, p, d)]  # the taps formulation's own rule
         if not touching:  # no output (the conv itself will say why)
             return None
         lo, hi = touching[0], touching[-1] + 1
