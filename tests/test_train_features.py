@@ -114,6 +114,13 @@ def test_clipping_rescales_each_steps_gradient_to_the_clip_norm(amp, probe, scal
     run(compose_cfg(common + [f"paths.run_dir={tmp_path / 'clipped'}", f"optim.clip_grad_norm={clip}"]))
     assert len(probe.grads) == 2  # both optimizer steps ran (no fp16 overflow skipped one)
     raw_norm = torch.linalg.vector_norm(raw).item()
+    # The log records the norm before clipping (the unscaled one under fp16): what tells a user the clip is active.
+    logged = [r for r in map(json.loads, (tmp_path / "raw" / "metrics.jsonl").read_text().splitlines())
+              if r["kind"] == "train"]
+    assert [r["grad_norm"] for r in logged] == [pytest.approx(raw_norm, rel=1e-5)]
+    clipped = [r for r in map(json.loads, (tmp_path / "clipped" / "metrics.jsonl").read_text().splitlines())
+               if r["kind"] == "train"]
+    assert clipped[0]["grad_norm"] == pytest.approx(raw_norm, rel=1e-5)  # step 1 is the raw run's step 1
     assert raw_norm > 10 * clip  # so the bound below is not met by the raw gradient
     for grads in probe.grads:  # every step's applied gradient has the clip norm (up to float32 rounding)
         assert torch.linalg.vector_norm(grads).item() == pytest.approx(clip, rel=1e-5)

@@ -235,6 +235,7 @@ def train_one_epoch(ctx: Ctx, state: State) -> str | None:
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
     window_start, window_loss, window_steps = time.perf_counter(), 0.0, 0
+    window_grad = torch.zeros((), device=ctx.di.device)  # the largest global gradient norm of the window
     while state.batch < steps:
         temperature = ctx.temperature(state.step)
         set_temperature(ctx.model, temperature)
@@ -264,10 +265,15 @@ def train_one_epoch(ctx: Ctx, state: State) -> str | None:
                 f"loss is {total / ctx.di.world_size} at epoch {state.epoch + 1} step {state.step + 1}; stopped "
                 f"without saving, {ctx.ckpts.last} holds the last good state (lower optim.lr, set "
                 "optim.clip_grad_norm, or use trainer.amp=fp16 to skip such steps)")
-        if t.amp == "fp16" or c.optim.clip_grad_norm:
-            ctx.scaler.unscale_(ctx.optimizer)
+        if t.amp == "fp16":
+            ctx.scaler.unscale_(ctx.optimizer)  # the norm below, and clipping, see the true gradients
+        # The global norm before clipping, logged: a spike in it is how an unstable run shows itself first (the
+        # KernelWarehouse proxy rows collapsed after their norm rose a thousandfold as tau left the blend).
+        params = [p for p in ctx.model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         if c.optim.clip_grad_norm:
-            torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), c.optim.clip_grad_norm)
+            torch.nn.utils.clip_grads_with_norm_(params, c.optim.clip_grad_norm, grad_norm)
+        window_grad = torch.maximum(window_grad, grad_norm.detach().float())
         ctx.scaler.step(ctx.optimizer)  # under fp16 skips the update when a gradient is inf/NaN
         ctx.scaler.update()
         ctx.optimizer.zero_grad(set_to_none=True)
@@ -283,12 +289,14 @@ def train_one_epoch(ctx: Ctx, state: State) -> str | None:
             lr = ctx.optimizer.param_groups[0]["lr"]
             left = (t.epochs - state.epoch - 1) * steps + steps - state.batch
             record = dict(kind="train", epoch=state.epoch, step=state.step, loss=window_loss / window_steps, lr=lr,
-                          temperature=temperature, images_per_s=rate, skipped_images=ctx.skips.update())
+                          temperature=temperature, images_per_s=rate, skipped_images=ctx.skips.update(),
+                          grad_norm=window_grad.item())
             ctx.log.log(record)
             ctx.log.train_line(epoch=state.epoch, epochs=t.epochs, batch=state.batch, batches=steps,
                                loss=record["loss"], lr=lr, temperature=temperature, images_per_s=rate,
                                eta_s=left * elapsed / window_steps)
             window_start, window_loss, window_steps = time.perf_counter(), 0.0, 0
+            window_grad.zero_()
         if n_signal:
             return ctx.stop.name or "a signal on another rank"
         if t.stop_after_steps and state.step >= t.stop_after_steps:
