@@ -29,7 +29,7 @@ from odconv.dispatch import measures, use_formulation
 from . import checkpoint as ckpt_lib
 from . import distributed
 from .builders import Loaders, build_loaders, build_model, resolve_run_dir, to_channels_last
-from .config import ConfigError, TrainConfig, validate
+from .config import MODEL_KWARGS, ConfigError, TrainConfig, model_family, validate
 from .distributed import DistInfo
 from .evaluate import autocast, evaluate, evaluate_checkpoint
 from .loss import build_criterion
@@ -159,7 +159,9 @@ def _train(c: TrainConfig, di: DistInfo) -> dict:
     state.wandb_id = distributed.broadcast_object(log.start_dashboards(c.logger, state.wandb_id, resolved,
                                                                        run_dir.name))
     params = count_params(model)
-    log.info(f"run dir {run_dir} | {c.model.name} kernel_num={c.model.kernel_num} params={params / 1e6:.2f}M | "
+    settings = "".join(f" {k}={getattr(c.model, k)}" for k in MODEL_KWARGS.get(model_family(c.model.name), ())
+                       if getattr(c.model, k) is not None)  # the family's own keys the config sets (kw_ratio, ...)
+    log.info(f"run dir {run_dir} | {c.model.name}{settings} params={params / 1e6:.2f}M | "
              f"{di.world_size} process(es) on {di.device.type} | global batch {c.data.global_batch_size}, "
              f"{loaders.steps_per_epoch} steps/epoch, lr {optimizer.param_groups[0]['lr']:.4g}")
     if measures(di.device.type) and state.epoch < c.trainer.epochs:
