@@ -148,3 +148,22 @@ def test_gates_start_at_one_so_the_layer_starts_near_its_static_conv():
         expected = layer.conv(x) + layer.p(layer.bn1(layer.q(x)))  # fresh BN2 maps Phi z = 0 to 0
         assert rel_err(layer(x), expected) < 1e-6
     assert odconv.dcd.Hsigmoid()(torch.tensor([-3.0, 0.0, 3.0, 9.0])).tolist() == [0.0, 1.0, 2.0, 2.0]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_evaluation_mode_grows_quadratically_with_the_input_which_is_why_outlier_images_explode(seed):
+    # The dynamic term BN2(Phi(x) BN1(q x)) is bilinear in the activations (Phi is linear in the pooled input, its
+    # gates bounded). With batch statistics (training) both BatchNorms renormalise it, so the layer grows linearly
+    # with its input; with fixed statistics (evaluation) it grows as the square, and through a network an image whose
+    # activations are a few times larger than usual is amplified k -> k^2 -> k^4 ... layer after layer: the proxy
+    # study's validation losses of 1e19-1e23 with top-1 unchanged (docs/training.md). Released behaviour, kept.
+    torch.manual_seed(seed)
+    layer = DCDConv2d(16, 16, 3, padding=1, pool_size=2).double()
+    x = torch.randn(4, 16, 8, 8, dtype=torch.float64)
+    growth = {}
+    for training in (False, True):  # evaluation first: a training forward would move the running statistics
+        layer.train(training)
+        with torch.no_grad():
+            growth[training] = (layer(1e4 * x).norm() / layer(1e3 * x).norm()).item()
+    assert 5 < growth[True] < 20  # linear: a 10x input gives about a 10x output
+    assert growth[False] > 50  # quadratic: about 100x
