@@ -51,11 +51,13 @@ def released_kwargs(cfg: dict) -> dict:
     """The keyword arguments main.py passes to create_model (no drop path or dropout: they are random)."""
     sharing = cfg.get("sharing_range", [])
     sharing = tuple(sharing.split("_")) if isinstance(sharing, str) else tuple(sharing)
-    # main.py passes every key, None where its config file has none (the MobileNetV2 1/2x network fixes its own).
-    return dict(num_classes=10, drop_path_rate=0.0, dropout=0.0, reduction=cfg.get("reduction"),
+    # main.py passes every key, None where its config file has none, and timm's create_model drops the Nones, so the
+    # builder's own defaults hold (MobileNetV2's reduction; the 1/2x network fixes its own settings).
+    kwargs = dict(num_classes=10, drop_path_rate=0.0, dropout=0.0, reduction=cfg.get("reduction"),
                 cell_num_ratio=cfg.get("cell_num_ratio"), cell_inplane_ratio=cfg.get("cell_inplane_ratio"),
                 cell_outplane_ratio=cfg.get("cell_outplane_ratio"), sharing_range=sharing,
                 nonlocal_basis_ratio=cfg.get("nonlocal_basis_ratio", 1.0))
+    return {k: v for k, v in kwargs.items() if v is not None}
 
 
 def set_tau(model: torch.nn.Module, tau: float) -> None:
